@@ -259,7 +259,7 @@ def settings_to_dict(settings: Settings) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return plain(dataclasses.asdict(settings))  # type: ignore[no-any-return]
+    return plain(dataclasses.asdict(settings))
 
 
 def save_settings(settings: Settings, path: Path) -> None:

@@ -1,0 +1,33 @@
+"""Counterfactual methods (COIN, Singla et al.*) under the attribution contract: the map is |x - x_cf| / 2."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from coinseg.config import GanConfig
+from coinseg.models.inpainter import Inpainter
+from coinseg.training.gan import conditions
+
+
+class CounterfactualMaps:
+    """``__call__(images)``: B x 1 x H x W in [-1, 1] -> difference maps |x - x_cf| / 2 in [0, 1], same shape.
+
+    COIN (single conditioning) needs no classifier at inference (condition 0); dual conditioning (Singla) uses
+    the classifier to pick the condition bin(1 - f(x)).
+    """
+
+    def __init__(self, name: str, inpainter: Inpainter, cfg: GanConfig, classifier: nn.Module) -> None:
+        self.name = name
+        self.inpainter = inpainter.eval()
+        self.classifier = classifier.eval()
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def counterfactual(self, images: Tensor) -> Tensor:
+        """x_cf, B x 1 x H x W in [-1, 1], on the images' device."""
+        p = torch.sigmoid(self.classifier(images).float())
+        return self.inpainter(images, conditions(p, self.cfg)[1]).float()
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return (images - self.counterfactual(images)).abs() / 2.0

@@ -1,0 +1,223 @@
+"""The ``coinseg`` command line: thin wrappers around the Python API (heavy imports inside commands).
+
+User errors (bad manifest, missing file, invalid option) print one line ``error: ...`` and exit with status 2;
+no traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from coinseg.config import DeviceChoice, Method, Precision, Profile
+
+app = typer.Typer(
+    help="Weakly supervised lesion segmentation in CT by counterfactual inpainting (COIN).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProfileOpt = Annotated[Profile, typer.Option(help="quick: laptop CPU, 64 px; paper: the paper's recipe, GPU")]
+DeviceOpt = Annotated[DeviceChoice, typer.Option(help="auto picks CUDA when available")]
+PrecisionOpt = Annotated[Precision, typer.Option(help="mixed precision needs CUDA")]
+MinutesOpt = Annotated[
+    float | None,
+    typer.Option("--max-minutes", help="stop training cleanly after this long, with a checkpoint"),
+]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+
+
+def user_errors(func: F) -> F:
+    """Turn the errors a user can fix into ``error: <one line>`` and exit status 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from coinseg.config import ConfigError
+        from coinseg.data.manifest import ManifestError
+        from coinseg.io.images import ImageReadError
+        from coinseg.training.runtime import RunError
+
+        try:
+            return func(*args, **kwargs)
+        except (
+            ManifestError,
+            ConfigError,
+            ImageReadError,
+            RunError,
+            FileExistsError,
+            FileNotFoundError,
+        ) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(profile: Profile, seed: int, precision: Precision, config: Path | None = None) -> Any:
+    from coinseg.config import load_settings, profile_settings
+
+    settings = load_settings(config) if config is not None else profile_settings(profile)
+    settings.seed = seed
+    settings.precision = precision
+    return settings
+
+
+@app.command()
+@user_errors
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="folder to create (must not exist or be empty)")],
+    n_slices: Annotated[int, typer.Option(help="number of slices")] = 2000,
+    size: Annotated[int, typer.Option(help="slice size in pixels")] = 128,
+    seed: SeedOpt = 0,
+) -> None:
+    """Write the built-in synthetic CT data set: phantom slices with the paper's kidney anomalies."""
+    from coinseg.data.synth import synthesize
+    from coinseg.training.runtime import progress_bar
+
+    with progress_bar("synth", n_slices) as (progress, task):
+        manifest = synthesize(out_dir, n_slices, size, seed, lambda n: progress.advance(task, n))
+    typer.echo(str(manifest))
+
+
+@app.command("train-classifier")
+@user_errors
+def train_classifier_cmd(
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV (image,label[,mask,split,slice,organ])")],
+    out: Annotated[Path, typer.Option("--out", help="run directory")],
+    profile: ProfileOpt = Profile.quick,
+    device: DeviceOpt = DeviceChoice.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    max_minutes: MinutesOpt = None,
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    config: Annotated[Path | None, typer.Option(help="settings YAML instead of a profile")] = None,
+) -> None:
+    """Train the normal/abnormal classifier that COIN explains."""
+    from coinseg.training.classifier import train_classifier
+
+    settings = _settings(profile, seed, precision, config)
+    train_classifier(manifest, out, settings, device, max_minutes, resume)
+
+
+@app.command()
+@user_errors
+def train(
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV (masks, if any, are never used for training)")],
+    classifier: Annotated[Path, typer.Option("--classifier", help="run directory of train-classifier")],
+    out: Annotated[Path, typer.Option("--out", help="run directory")],
+    method: Annotated[Method, typer.Option(help="coin, or singla (Singla et al.* baseline)")] = Method.coin,
+    profile: ProfileOpt = Profile.quick,
+    device: DeviceOpt = DeviceChoice.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    max_minutes: MinutesOpt = None,
+    max_steps: Annotated[int | None, typer.Option(help="override the profile's number of steps")] = None,
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    config: Annotated[Path | None, typer.Option(help="settings YAML instead of a profile")] = None,
+) -> None:
+    """Train the counterfactual-inpainting GAN against a frozen classifier."""
+    from coinseg.config import apply_method
+    from coinseg.training.gan import train_gan
+
+    settings = _settings(profile, seed, precision, config)
+    settings.gan = apply_method(settings.gan, method)
+    if max_steps is not None:
+        settings.gan.max_steps = max_steps
+    train_gan(manifest, classifier, out, settings, device, max_minutes, resume)
+
+
+@app.command()
+@user_errors
+def segment(
+    model_run_dir: Annotated[Path, typer.Argument(help="run directory of `coinseg train`")],
+    input: Annotated[
+        Path,
+        typer.Argument(help="manifest CSV, image file, NIfTI volume, DICOM series folder or image folder"),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="output folder (must not exist or be empty)")],
+    split: Annotated[str, typer.Option(help="manifest split to segment, or 'all'")] = "test",
+    threshold: Annotated[float, typer.Option(help="mask = |x - x_cf| / 2 > threshold")] = 0.25,
+    postprocess: Annotated[bool, typer.Option(help="3x3 opening, 3x3 closing, largest component")] = False,
+    device: DeviceOpt = DeviceChoice.auto,
+    batch_size: Annotated[int, typer.Option(help="slices per batch")] = 64,
+) -> None:
+    """Write lesion masks (at the inputs' own resolution) and predictions.csv."""
+    from coinseg.inference import segment as run_segment
+
+    typer.echo(str(run_segment(model_run_dir, input, out, split, threshold, postprocess, device, batch_size)))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model_run_dir: Annotated[Path, typer.Argument(help="run directory of `coinseg train`")],
+    manifest: Annotated[Path, typer.Argument(help="manifest CSV with lesion masks")],
+    out: Annotated[Path, typer.Option("--out", help="report folder (must not exist or be empty)")],
+    split: Annotated[str, typer.Option(help="manifest split to score")] = "test",
+    methods: Annotated[
+        str, typer.Option(help="comma-separated: coin,singla,rise,scorecam,layercam,gradcam,gradcampp")
+    ] = "coin",
+    singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
+    threshold: Annotated[float, typer.Option(help="counterfactual maps: mask = map > threshold")] = 0.25,
+    saliency_threshold: Annotated[float, typer.Option(help="attribution maps: mask = map > threshold")] = 0.975,
+    postprocess: Annotated[bool, typer.Option(help="post-process counterfactual masks (paper: -pcf)")] = False,
+    rise_masks: Annotated[int, typer.Option(help="RISE: number of random masks (paper 6000)")] = 6000,
+    device: DeviceOpt = DeviceChoice.auto,
+) -> None:
+    """Score methods on the same frozen slices: metrics.json, report.md, report.html, figures."""
+    from coinseg.evaluation.runner import evaluate as run_evaluate
+    from coinseg.evaluation.runner import parse_methods
+
+    metrics = run_evaluate(
+        model_run_dir,
+        manifest,
+        out,
+        parse_methods(methods),
+        split,
+        threshold,
+        saliency_threshold,
+        postprocess,
+        device.value,
+        singla_run,
+        rise_masks,
+    )
+    _print_table(metrics)
+    typer.echo(str(out / "report.html"))
+
+
+def _print_table(metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("pooled_iou", "mean_dice", "normal_fp_rate", "pixel_ap", "cv", "seconds_per_slice")
+    table = Table(title=f"{metrics['split']}: {metrics['n_abnormal']} abnormal / {metrics['n_normal']} normal slices")
+    table.add_column("method")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, row in metrics["methods"].items():
+        table.add_row(name, *("–" if row.get(c) is None else f"{row[c]:.3g}" for c in columns))
+    Console(stderr=True).print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="folder for data, runs and report")] = Path("coinseg-demo"),
+    profile: ProfileOpt = Profile.quick,
+    device: DeviceOpt = DeviceChoice.auto,
+    seed: SeedOpt = 0,
+) -> None:
+    """The whole pipeline on built-in synthetic data: synth, classifier, COIN, baselines, report."""
+    from coinseg.demo import run_demo
+
+    run_demo(out, profile, device, seed)

@@ -1,0 +1,47 @@
+"""From a manifest to the train/val/test slice sets a trainer needs, with the intensity window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coinseg.data.manifest import read_manifest, training_splits
+from coinseg.data.slices import SliceSet, compute_window, intensity_of, load_slices
+from coinseg.training.runtime import progress_bar
+
+
+@dataclass
+class Prepared:
+    """``window``: (lo, hi) HU, or None for grey-value inputs (``intensity == "unit"``)."""
+
+    train: SliceSet
+    val: SliceSet
+    test: SliceSet | None
+    window: tuple[float, float] | None
+    intensity: str
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_data(
+    manifest: Path,
+    size: int,
+    percentiles: list[float],
+    window: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> Prepared:
+    """Read and validate ``manifest``, compute the window from the training split (unless ``window`` is given,
+    e.g. the classifier's, which a GAN must reuse) and load every split at ``size x size``."""
+    entries = read_manifest(manifest)
+    train, val, note = training_splits(entries, manifest)
+    test = [e for e in entries if e.split == "test"]
+    intensity = intensity_of(entries, manifest)
+    if intensity == "unit":
+        window = None
+    elif window is None:
+        window = compute_window(train, percentiles, seed)
+    sets = {}
+    with progress_bar("loading slices", len(train) + len(val) + len(test)) as (progress, task):
+        for name, chosen in (("train", train), ("val", val), ("test", test)):
+            if chosen:
+                sets[name] = load_slices(chosen, size, window, lambda n: progress.advance(task, n))
+    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, [note] if note else [])

@@ -1,0 +1,200 @@
+"""``coinseg evaluate``: every method on exactly the same frozen test slices, the same classifier, one table.
+
+Counterfactual methods (COIN, Singla et al.*): map = |x - x_cf| / 2, mask = map > ``threshold`` (paper 0.25).
+Attribution methods (RISE, ScoreCAM, LayerCAM, GradCAM, GradCAM++): min-max normalised map, mask = map >
+``saliency_threshold`` (paper 0.975). Maps are computed at the network size and resized (bilinear) to each
+slice's own resolution, where they are compared with the ground-truth masks. Metrics: pooled IoU (the paper's),
+mean per-slice IoU and Dice on abnormal slices, the fraction of normal slices with any predicted pixel, pixel
+average precision over all slices (threshold-free), CV and flip rate (counterfactual methods), FID (paired and
+realism; when Inception weights are available), seconds per slice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from coinseg import __version__
+from coinseg.attribution import ATTRIBUTION_METHODS, build_attributor
+from coinseg.data.manifest import read_manifest, select_split
+from coinseg.data.normalise import normalise
+from coinseg.data.slices import load_mask, read_entry
+from coinseg.evaluation import fid as fid_lib
+from coinseg.evaluation.metrics import (
+    SegmentationTally,
+    accuracy_auroc,
+    average_precision,
+    counterfactual_validity,
+    flip_rate,
+)
+from coinseg.evaluation.metrics import postprocess as clean_mask
+from coinseg.inference import Model, load_model, to_original_size
+from coinseg.io.files import atomic_dir
+from coinseg.reporting.figures import comparison_grid
+from coinseg.reporting.report import write_report
+from coinseg.training.runtime import progress_bar, write_json
+
+COUNTERFACTUAL_METHODS = ("coin", "singla")
+ALL_METHODS = COUNTERFACTUAL_METHODS + ATTRIBUTION_METHODS
+FIGURE_SLICES = 6
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown or not methods:
+        raise ValueError(
+            f"--methods: unknown method {unknown[0] if unknown else text!r}; choose from {','.join(ALL_METHODS)}"
+        )
+    return list(dict.fromkeys(methods))
+
+
+def _batched(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device, batch: int
+) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+
+
+def _fid_scores(extractor: Any, x01: torch.Tensor, cf01: torch.Tensor, labels: np.ndarray) -> dict[str, float | None]:
+    """Paired FID (all slices vs their own counterfactuals, the paper's) and realism FID (counterfactuals of
+    abnormal slices vs real normal slices of the same split)."""
+    paired = fid_lib.fid(extractor, x01, cf01)
+    abnormal, normal = labels == 1, labels == 0
+    realism = fid_lib.fid(extractor, x01[normal], cf01[abnormal]) if abnormal.sum() > 1 and normal.sum() > 1 else None
+    return {"fid_paired": paired, "fid_realism": realism}
+
+
+def evaluate(
+    run_dir: Path,
+    manifest: Path,
+    out_dir: Path,
+    methods: list[str],
+    split: str = "test",
+    threshold: float = 0.25,
+    saliency_threshold: float = 0.975,
+    postprocess: bool = False,
+    device: str = "auto",
+    singla_run: Path | None = None,
+    rise_masks: int = 6000,
+    batch_size: int = 64,
+    fid_extractor: Any = None,
+) -> dict[str, Any]:
+    """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures."""
+    model = load_model(run_dir, device)
+    models: dict[str, Model] = {model.maps.name: model}
+    if "singla" in methods and "singla" not in models:
+        if singla_run is None:
+            raise ValueError("--methods singla needs --singla-run DIR (a run trained with --method singla)")
+        models["singla"] = load_model(singla_run, device)
+    missing = [m for m in methods if m in COUNTERFACTUAL_METHODS and m not in models]
+    if missing:
+        raise ValueError(f"--methods {missing[0]}: {run_dir} is a {model.maps.name} run; give a {missing[0]} run")
+
+    entries = select_split(read_manifest(manifest), split, manifest)
+    arrays = [read_entry(e) for e in entries]
+    shapes = [a.shape for a in arrays]
+    gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
+    labels = np.array([e.label for e in entries])
+    x = model.inputs(arrays)
+    probs = np.concatenate([model.probs(x[i : i + batch_size].to(model.device)) for i in range(0, len(x), batch_size)])
+    accuracy, auroc = accuracy_auroc(labels, probs)
+
+    notes: list[str] = []
+    extractor = fid_extractor
+    if extractor is None and any(m in COUNTERFACTUAL_METHODS for m in methods):
+        try:
+            extractor = fid_lib.inception_extractor().to(model.device)
+        except fid_lib.FidUnavailable as exc:
+            notes.append(f"FID unavailable: {exc}")
+    results: dict[str, dict[str, Any]] = {}
+    masks_by_method: dict[str, list[np.ndarray]] = {}
+    for name in methods:
+        with progress_bar(f"evaluate {name}", 1) as (progress, task):
+            tic = time.perf_counter()
+            entry: dict[str, Any]
+            if name in COUNTERFACTUAL_METHODS:
+                cf_model = models[name]
+                x_cf = _batched(cf_model.maps.counterfactual, x, cf_model.device, batch_size)
+                maps = (x - x_cf).abs() / 2.0
+                seconds = time.perf_counter() - tic
+                probs_cf = np.concatenate(
+                    [model.probs(x_cf[i : i + batch_size].to(model.device)) for i in range(0, len(x), batch_size)]
+                )
+                cut = threshold
+                entry = {
+                    "kind": "counterfactual",
+                    "cv": counterfactual_validity(probs, probs_cf),
+                    "flip_rate": flip_rate(probs, probs_cf),
+                }
+                if extractor is not None:
+                    entry.update(_fid_scores(extractor, (x + 1) / 2, (x_cf + 1) / 2, labels))
+            else:
+                options: dict[str, Any] = {"n_masks": rise_masks} if name == "rise" else {}
+                attributor = build_attributor(name, model.classifier, **options)
+                maps = _batched(attributor, x, model.device, batch_size)
+                seconds = time.perf_counter() - tic
+                cut = saliency_threshold
+                entry = {"kind": "attribution", "cv": None, "flip_rate": None}
+                if name == "rise":
+                    entry["rise_masks"] = rise_masks
+            full = to_original_size(maps, shapes)
+            tally = SegmentationTally()
+            masks = []
+            for m, gt, label in zip(full, gts, labels, strict=True):
+                pred = m > cut
+                if postprocess and entry["kind"] == "counterfactual" and label == 1:
+                    pred = clean_mask(pred)
+                tally.add(pred, gt, bool(label))
+                masks.append(pred)
+            masks_by_method[name] = masks
+            summary = tally.summary()
+            ap = average_precision(np.concatenate([m.ravel() for m in full]), np.concatenate([g.ravel() for g in gts]))
+            entry.update(
+                threshold=cut,
+                postprocess=postprocess and entry["kind"] == "counterfactual",
+                pixel_ap=ap,
+                seconds_per_slice=seconds / max(len(x), 1),
+                **summary,
+            )
+            results[name] = entry
+            progress.advance(task)
+
+    abnormal = np.flatnonzero(labels == 1)
+    chosen = (
+        abnormal[np.linspace(0, len(abnormal) - 1, min(FIGURE_SLICES, len(abnormal))).astype(int)]
+        if len(abnormal)
+        else []
+    )
+    metrics: dict[str, Any] = {
+        "coinseg_version": __version__,
+        "model_run": str(run_dir),
+        "manifest": str(manifest),
+        "split": split,
+        "n_slices": len(entries),
+        "n_abnormal": int((labels == 1).sum()),
+        "n_normal": int((labels == 0).sum()),
+        "classifier": {"accuracy": accuracy, "auroc": auroc},
+        "methods": results,
+        "notes": notes,
+        "figures": {"comparison": "comparison.png"},
+    }
+    with atomic_dir(out_dir) as tmp:
+        if len(chosen):
+            comparison_grid(
+                [(normalise(arrays[i], model.window) + 1.0) / 2.0 for i in chosen],
+                [gts[i] for i in chosen],
+                {name: [masks_by_method[name][i] for i in chosen] for name in methods},
+                tmp / "comparison.png",
+                title=f"{split} slices with lesions: TP green, FP red, FN yellow, ground truth outlined",
+            )
+        else:
+            metrics["figures"] = {}
+            notes.append("no abnormal slice in this split: no comparison figure")
+        write_json(metrics, tmp / "metrics.json")
+        write_report(metrics, tmp)
+    return metrics

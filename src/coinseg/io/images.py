@@ -1,0 +1,247 @@
+"""Read 2-D slices and 3-D volumes; write masks. Every reader returns the array with its geometry.
+
+Intensity conventions: ``.npy``, NIfTI and DICOM are Hounsfield units (DICOM rescale slope/intercept
+applied); PNG/TIFF are already-windowed grey values, returned scaled to [0, 1] (``intensity == "unit"``).
+
+Volumes are reoriented with their affine to RAS+ (nibabel), and axial slices are returned in radiological
+display orientation (anterior up, patient right on the image left), shape Z x H x W. :func:`slices_to_volume`
+inverts that exactly, so masks are written with the input's own affine and shape.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Intensity = Literal["hu", "unit"]
+
+SLICE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
+
+
+class ImageReadError(ValueError):
+    """An image cannot be read or has an unexpected shape; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 2-D slice (H x W) or a 3-D volume as axial slices (Z x H x W), float32.
+
+    ``intensity``: "hu" (Hounsfield units) or "unit" (grey values in [0, 1]). ``affine``: the 4x4 voxel-to-world
+    matrix of the source file (NIfTI or DICOM series), None for plain 2-D files. ``shape``: the source array's
+    shape, needed to write a mask back in the same geometry.
+    """
+
+    array: np.ndarray
+    intensity: Intensity
+    affine: np.ndarray | None = None
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def is_volume(self) -> bool:
+        return self.array.ndim == 3
+
+
+def suffix_of(path: Path) -> str:
+    """Lower-case suffix, with ``.nii.gz`` as one suffix."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_image(path: Path) -> Image:
+    """Read one image file or a DICOM series folder. Raises :class:`ImageReadError` naming the file."""
+    if path.is_dir():
+        return read_dicom_series(path)
+    suffix = suffix_of(path)
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            image = Image(_float(array, path), "hu", shape=array.shape)
+        elif suffix in (".png", ".tif", ".tiff"):
+            image = Image(_read_grey(path), "unit")
+        elif suffix == ".dcm":
+            image = Image(_read_dicom(path), "hu")
+        elif suffix in (".nii", ".nii.gz"):
+            image = _read_nifti(path)
+        else:
+            raise ImageReadError(f"{path}: unsupported file type (use one of {', '.join(SLICE_SUFFIXES)})")
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is reported as unreadable
+        raise ImageReadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    if image.array.ndim == 3 and image.array.shape[0] == 1:
+        image = Image(image.array[0], image.intensity, image.affine, image.shape)
+    if image.array.ndim not in (2, 3) or min(image.array.shape) < 2:
+        raise ImageReadError(f"{path}: expected a 2-D slice or a 3-D volume, got shape {image.array.shape}")
+    return image
+
+
+def read_slice(path: Path, index: int | None = None) -> Image:
+    """Read a 2-D slice, or axial slice ``index`` of a volume. Raises if the result is not 2-D."""
+    image = read_image(path)
+    if index is not None:
+        if not image.is_volume:
+            raise ImageReadError(f"{path}: a slice index was given but the image is 2-D")
+        if not 0 <= index < image.array.shape[0]:
+            raise ImageReadError(f"{path}: slice {index} outside 0..{image.array.shape[0] - 1}")
+        return Image(image.array[index], image.intensity, image.affine, image.shape)
+    if image.is_volume:
+        raise ImageReadError(f"{path}: expected a 2-D slice, got a volume of shape {image.array.shape}")
+    return image
+
+
+def _float(array: np.ndarray, path: Path) -> np.ndarray:
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ImageReadError(f"{path}: not a real-valued numeric array (dtype {array.dtype})")
+    out = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ImageReadError(f"{path}: contains NaN or infinite values")
+    return out
+
+
+def _read_grey(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    if suffix_of(path) in (".tif", ".tiff"):
+        import tifffile
+
+        array = np.asarray(tifffile.imread(path))
+    else:
+        with PILImage.open(path) as pil:
+            array = np.asarray(pil)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3].mean(axis=-1).astype(array.dtype)
+    if np.issubdtype(array.dtype, np.integer):
+        scale = float(np.iinfo(array.dtype).max)
+    else:
+        scale = 1.0
+    return np.clip(array.astype(np.float32) / scale, 0.0, 1.0)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array.astype(np.float32)
+    slope = float(getattr(ds, "RescaleSlope", 1.0))
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+    return pixels * slope + intercept
+
+
+def _read_nifti(path: Path) -> Image:
+    import nibabel as nib
+
+    img: Any = nib.load(path)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    shape = tuple(int(s) for s in data.shape)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise ImageReadError(f"{path}: expected a 2-D or 3-D NIfTI image, got shape {shape}")
+    return Image(volume_to_slices(data, affine), "hu", affine, shape)
+
+
+def read_dicom_series(folder: Path) -> Image:
+    """Read a folder of single-slice DICOM files as one volume, ordered by ImagePositionPatient."""
+    import pydicom
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ImageReadError(f"{folder}: empty folder, expected a DICOM series")
+    slices = []
+    for file in files:
+        try:
+            ds = pydicom.dcmread(file)
+            position = np.array([float(v) for v in ds.ImagePositionPatient])
+            orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
+            slices.append((ds, position, orientation))
+        except Exception as exc:  # noqa: BLE001
+            raise ImageReadError(f"{file}: not a readable DICOM slice with position ({exc})") from None
+    row, col = slices[0][2][:3], slices[0][2][3:]
+    normal = np.cross(row, col)
+    slices.sort(key=lambda s: float(s[1] @ normal))
+    ds0 = slices[0][0]
+    spacing_r, spacing_c = (float(v) for v in ds0.PixelSpacing)
+    dz = float((slices[-1][1] - slices[0][1]) @ normal) / max(len(slices) - 1, 1) if len(slices) > 1 else 1.0
+    # LPS world (DICOM) -> RAS world (NIfTI): flip the first two axes.
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, 0] = col * spacing_c  # array axis 0 = DICOM column index
+    affine[:3, 1] = row * spacing_r  # array axis 1 = DICOM row index
+    affine[:3, 2] = normal * dz
+    affine[:3, 3] = slices[0][1]
+    affine = lps_to_ras @ affine
+    pixels = []
+    for ds, _, _ in slices:
+        slope = float(getattr(ds, "RescaleSlope", 1.0))
+        intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+        pixels.append(ds.pixel_array.astype(np.float32).T * slope + intercept)  # (cols, rows)
+    data = np.stack(pixels, axis=-1)  # X x Y x Z, voxel axes as the affine
+    return Image(volume_to_slices(data, affine), "hu", affine, tuple(int(s) for s in data.shape))
+
+
+def _orientation_to_ras(affine: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+
+    return nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt("RAS")
+    )
+
+
+def volume_to_slices(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """X x Y x Z voxel array (any orientation) -> Z x H x W axial slices, radiological display orientation."""
+    import nibabel as nib
+
+    ras = nib.orientations.apply_orientation(data, _orientation_to_ras(affine))
+    # RAS: axis 0 left->right, axis 1 posterior->anterior. Display rows anterior first, columns patient right first.
+    return np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1])
+
+
+def slices_to_volume(slices: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`volume_to_slices`: Z x H x W display slices -> voxel array in the source orientation."""
+    import nibabel as nib
+
+    ras = np.transpose(slices[:, ::-1, ::-1], (2, 1, 0))
+    back = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.io_orientation(affine)
+    )
+    return np.ascontiguousarray(nib.orientations.apply_orientation(ras, back))
+
+
+def _atomic_target(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_png_mask(mask: np.ndarray, path: Path) -> None:
+    """Write a bool H x W mask as an 8-bit PNG with values 0/255 (atomically)."""
+    from PIL import Image as PILImage
+
+    tmp = _atomic_target(path)
+    try:
+        PILImage.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_nifti_mask(slices: np.ndarray, image: Image, path: Path) -> None:
+    """Write a Z x H x W bool mask as uint8 NIfTI with the source image's affine and array shape (atomically)."""
+    import nibabel as nib
+
+    if image.affine is None or image.shape is None:
+        raise ValueError("a NIfTI mask needs the source image's affine and shape")
+    data = slices_to_volume(slices.astype(np.uint8), image.affine).reshape(image.shape)
+    tmp = _atomic_target(path)
+    try:
+        nib.save(nib.Nifti1Image(data, image.affine), str(tmp) + ".nii.gz")
+        os.replace(str(tmp) + ".nii.gz", path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(str(tmp) + ".nii.gz").unlink(missing_ok=True)

@@ -1,0 +1,185 @@
+"""Train the image-level classifier f (normal / abnormal) that COIN explains and inpaints against.
+
+BCE on one logit, Adam, flips + small affine augmentation, class-balanced sampling when labels are imbalanced,
+validation on ``val`` every ``eval_every`` steps; ``best`` is chosen on val (AUROC, then loss), never on test.
+Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coinseg.config import DeviceChoice, Settings, settings_to_dict
+from coinseg.data.prepare import prepare_data
+from coinseg.data.slices import SliceSet
+from coinseg.evaluation.metrics import accuracy_auroc
+from coinseg.models.classifier import build_classifier
+from coinseg.training.augment import augment
+from coinseg.training.runtime import (
+    Deadline,
+    RunDir,
+    load_checkpoint,
+    make_fabric,
+    progress_bar,
+    save_checkpoint,
+    versions,
+    write_json,
+)
+
+
+@torch.no_grad()
+def classifier_probs(model: nn.Module, images: torch.Tensor, device: torch.device, batch: int = 256) -> np.ndarray:
+    """P(abnormal) for N x 1 x S x S images in [-1, 1] -> float array of N values in [0, 1] (eval mode)."""
+    was_training = model.training
+    model.eval()
+    out = [torch.sigmoid(model(images[i : i + batch].to(device)).float()).cpu() for i in range(0, len(images), batch)]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def load_classifier(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The best classifier of a ``train-classifier`` run directory, frozen: eval mode, no parameter grads.
+
+    Returns (model on CPU, checkpoint dict with ``window``, ``intensity``, ``size``, ``arch``, ``widths``).
+    """
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    if ckpt.get("kind") != "classifier":
+        raise ValueError(f"{run_dir}: not a classifier run (checkpoint kind {ckpt.get('kind')!r})")
+    model = build_classifier(ckpt["arch"], ckpt["widths"])
+    model.load_state_dict(ckpt["model"])
+    model.eval().requires_grad_(False)
+    return model, ckpt
+
+
+def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[str, float | None]:
+    probs = classifier_probs(model, data.images, device)
+    labels = data.labels.numpy()
+    acc, auroc = accuracy_auroc(labels, probs)
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return {"loss": loss, "accuracy": acc, "auroc": auroc}
+
+
+def _sampling_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights giving both classes equal mass when the minority class is under 40 %."""
+    positive = float(labels.mean())
+    if 0.4 <= positive <= 0.6:
+        return torch.ones_like(labels)
+    return torch.where(labels > 0.5, 0.5 / positive, 0.5 / (1.0 - positive))
+
+
+def train_classifier(
+    manifest: Path,
+    out: Path,
+    settings: Settings,
+    device: DeviceChoice = DeviceChoice.auto,
+    max_minutes: float | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train f from ``manifest`` into run directory ``out``; returns the test metrics (or val, if no test)."""
+    cfg = settings.classifier
+    RunDir.check(out, resume)
+    fabric = make_fabric(device, settings.precision)
+    fixed = tuple(settings.data.window) if settings.data.window else None
+    data = prepare_data(manifest, settings.data.size, settings.data.percentiles, fixed, settings.seed)  # type: ignore[arg-type]
+    run = RunDir(out, settings, resume)
+    for note in data.notes:
+        run.log(note)
+    run.log(
+        f"classifier {cfg.arch.value}: {len(data.train)} train / {len(data.val)} val slices at "
+        f"{settings.data.size}px, window {data.window} ({data.intensity}), device {fabric.device}"
+    )
+    fabric.seed_everything(settings.seed)
+    model = build_classifier(cfg.arch, cfg.widths)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = fabric.setup(model, optimizer)
+    generator = torch.Generator().manual_seed(settings.seed)
+    step, best_key = 0, None
+    if resume:
+        state = load_checkpoint(run.last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, best_key = state["step"], state["best_key"]
+        run.log(f"resumed at step {step}")
+
+    common = {
+        "kind": "classifier",
+        "arch": cfg.arch.value,
+        "widths": list(cfg.widths),
+        "size": settings.data.size,
+        "window": list(data.window) if data.window else None,
+        "intensity": data.intensity,
+        "settings": settings_to_dict(settings),
+        "versions": versions(),
+    }
+    weights = _sampling_weights(data.train.labels)
+    deadline = Deadline(max_minutes)
+    model.train()
+    running = torch.zeros((), device=fabric.device)
+    tic, tic_step = time.time(), step
+    with progress_bar("classifier", cfg.max_steps, step) as (progress, task):
+        while step < cfg.max_steps and not deadline.expired():
+            idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=generator)
+            x = augment(data.train.images[idx], cfg, generator).to(fabric.device)
+            y = data.train.labels[idx].to(fabric.device)
+            loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            running += loss.detach()
+            step += 1
+            progress.advance(task)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps or deadline.expired():
+                rate = (step - tic_step) / max(time.time() - tic, 1e-9)
+                val = _evaluate(model, data.val, fabric.device)
+                model.train()
+                train_loss = float(running) / max(step - tic_step, 1)
+                running.zero_()
+                tic, tic_step = time.time(), step
+                key = (val["auroc"] if val["auroc"] is not None else val["accuracy"], -val["loss"])  # type: ignore[operator]
+                improved = best_key is None or key > tuple(best_key)
+                if improved:
+                    best_key = list(key)
+                    save_checkpoint({**common, "model": model.state_dict(), "step": step}, run.best)
+                save_checkpoint(
+                    {
+                        **common,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "step": step,
+                        "best_key": best_key,
+                    },
+                    run.last,
+                )
+                row: dict[str, Any] = {"step": step, "train_loss": train_loss, "steps_per_s": rate}
+                row.update({f"val_{k}": v for k, v in val.items()})
+                run.append_metrics(row)
+                progress.update(task, info=f"loss {train_loss:.3f} val acc {val['accuracy']:.3f} {rate:.1f} it/s")
+    if deadline.expired() and step < cfg.max_steps:
+        run.log(f"--max-minutes reached: stopped at step {step} with a checkpoint")
+
+    best, _ = load_classifier(out)
+    final = {"step": step, "val": _evaluate(best.to(fabric.device), data.val, fabric.device)}
+    if data.test is not None:
+        final["test"] = _evaluate(best, data.test, fabric.device)
+    write_json(final, out / "test_metrics.json")
+    from coinseg.reporting.figures import progress_plot
+
+    progress_plot(out / "metrics.csv", out / "progress.png")
+    run.write_run_json(fabric, {"kind": "classifier", "steps": step, "window": data.window, "metrics": final})
+    summary = final.get("test", final["val"])
+    run.log(
+        f"classifier done: {'test' if 'test' in final else 'val'} accuracy {summary['accuracy']:.3f}, "  # type: ignore[index]
+        f"AUROC {summary['auroc'] if summary['auroc'] is None else round(summary['auroc'], 4)}"  # type: ignore[index]
+    )
+    run.close()
+    return final
