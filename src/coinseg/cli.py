@@ -76,7 +76,7 @@ def _settings(profile: Profile, seed: int, precision: Precision, config: Path | 
 @user_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to create (must not exist or be empty)")],
-    n_slices: Annotated[int, typer.Option(help="number of slices")] = 2000,
+    n_slices: Annotated[int, typer.Option(help="number of slices")] = 4000,
     size: Annotated[int, typer.Option(help="slice size in pixels")] = 128,
     seed: SeedOpt = 0,
 ) -> None:
@@ -172,6 +172,9 @@ def evaluate(
     saliency_threshold: Annotated[float, typer.Option(help="attribution maps: mask = map > threshold")] = 0.975,
     postprocess: Annotated[bool, typer.Option(help="post-process counterfactual masks (paper: -pcf)")] = False,
     rise_masks: Annotated[int, typer.Option(help="RISE: number of random masks (paper 6000)")] = 6000,
+    max_slices: Annotated[
+        int | None, typer.Option(help="score a fixed, evenly spaced subset of this many slices (all methods)")
+    ] = None,
     device: DeviceOpt = DeviceChoice.auto,
 ) -> None:
     """Score methods on the same frozen slices: metrics.json, report.md, report.html, figures."""
@@ -190,6 +193,7 @@ def evaluate(
         device.value,
         singla_run,
         rise_masks,
+        max_slices,
     )
     _print_table(metrics)
     typer.echo(str(out / "report.html"))

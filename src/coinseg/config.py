@@ -108,7 +108,7 @@ class ClassifierConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    max_steps: int = 1200
+    max_steps: int = 1000
     eval_every: int = 100
     # augmentation: horizontal/vertical flip probabilities, affine shift (fraction), scale, rotation (deg)
     hflip: float = 0.5

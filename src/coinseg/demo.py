@@ -13,7 +13,7 @@ from coinseg.config import DeviceChoice, Method, Profile, apply_method, profile_
 from coinseg.training.runtime import console
 
 # Demo sizes per profile: number of synthetic slices and RISE masks (the paper's 6000 for the paper profile).
-DEMO_SLICES = {Profile.quick: 2000, Profile.paper: 6000}
+DEMO_SLICES = {Profile.quick: 4000, Profile.paper: 8000}
 DEMO_RISE_MASKS = {Profile.quick: 2000, Profile.paper: 6000}
 DEMO_METHODS = ["coin", "singla", "rise", "scorecam", "layercam"]
 

@@ -21,7 +21,7 @@ import torch
 
 from coinseg import __version__
 from coinseg.attribution import ATTRIBUTION_METHODS, build_attributor
-from coinseg.data.manifest import read_manifest, select_split
+from coinseg.data.manifest import Entry, read_manifest, select_split
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import load_mask, read_entry
 from coinseg.evaluation import fid as fid_lib
@@ -54,6 +54,22 @@ def parse_methods(text: str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
+    """At most ``max_slices`` entries, evenly spaced within each label (deterministic; all methods see the same
+    slices, and the abnormal/normal proportion is kept)."""
+    if max_slices is None or len(entries) <= max_slices:
+        return entries
+    if max_slices < 2:
+        raise ValueError(f"--max-slices {max_slices}: must be at least 2")
+    chosen: list[Entry] = []
+    for label in (1, 0):
+        group = [e for e in entries if e.label == label]
+        share = round(max_slices * len(group) / len(entries))
+        if group and share:
+            chosen += [group[i] for i in np.linspace(0, len(group) - 1, share).round().astype(int)]
+    return sorted(chosen, key=entries.index)
+
+
 def _batched(
     fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device, batch: int
 ) -> torch.Tensor:
@@ -81,6 +97,7 @@ def evaluate(
     device: str = "auto",
     singla_run: Path | None = None,
     rise_masks: int = 6000,
+    max_slices: int | None = None,
     batch_size: int = 64,
     fid_extractor: Any = None,
 ) -> dict[str, Any]:
@@ -95,7 +112,7 @@ def evaluate(
     if missing:
         raise ValueError(f"--methods {missing[0]}: {run_dir} is a {model.maps.name} run; give a {missing[0]} run")
 
-    entries = select_split(read_manifest(manifest), split, manifest)
+    entries = subset(select_split(read_manifest(manifest), split, manifest), max_slices)
     arrays = [read_entry(e) for e in entries]
     shapes = [a.shape for a in arrays]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
@@ -176,6 +193,7 @@ def evaluate(
         "manifest": str(manifest),
         "split": split,
         "n_slices": len(entries),
+        "max_slices": max_slices,
         "n_abnormal": int((labels == 1).sum()),
         "n_normal": int((labels == 0).sum()),
         "classifier": {"accuracy": accuracy, "auroc": auroc},

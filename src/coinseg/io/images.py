@@ -162,8 +162,9 @@ def read_dicom_series(folder: Path) -> Image:
             slices.append((ds, position, orientation))
         except Exception as exc:  # noqa: BLE001
             raise ImageReadError(f"{file}: not a readable DICOM slice with position ({exc})") from None
-    row, col = slices[0][2][:3], slices[0][2][3:]
-    normal = np.cross(row, col)
+    # ImageOrientationPatient: direction of increasing column index, then of increasing row index (LPS).
+    along_cols, along_rows = slices[0][2][:3], slices[0][2][3:]
+    normal = np.cross(along_cols, along_rows)
     slices.sort(key=lambda s: float(s[1] @ normal))
     ds0 = slices[0][0]
     spacing_r, spacing_c = (float(v) for v in ds0.PixelSpacing)
@@ -171,8 +172,8 @@ def read_dicom_series(folder: Path) -> Image:
     # LPS world (DICOM) -> RAS world (NIfTI): flip the first two axes.
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
     affine = np.eye(4)
-    affine[:3, 0] = col * spacing_c  # array axis 0 = DICOM column index
-    affine[:3, 1] = row * spacing_r  # array axis 1 = DICOM row index
+    affine[:3, 0] = along_cols * spacing_c  # array axis 0 = DICOM column index
+    affine[:3, 1] = along_rows * spacing_r  # array axis 1 = DICOM row index
     affine[:3, 2] = normal * dz
     affine[:3, 3] = slices[0][1]
     affine = lps_to_ras @ affine

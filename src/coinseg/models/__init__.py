@@ -1,1 +1,33 @@
-"""models"""
+"""Networks: encoder E, conditional generator G (+ output fusion), projection discriminator D, classifier f.
+
+Plain ``nn.Module``s: no optimisers, no device logic.
+"""
+
+from __future__ import annotations
+
+from coinseg.config import GanConfig
+from coinseg.models.classifier import Classifier, build_classifier
+from coinseg.models.discriminator import Discriminator
+from coinseg.models.encoder import Encoder
+from coinseg.models.generator import Generator, fuse
+
+N_CLASSES = 2
+
+
+def build_gan(cfg: GanConfig) -> tuple[Encoder, Generator, Discriminator]:
+    """E, G and D as set by ``cfg`` (two condition classes: 0 = normal, 1 = abnormal)."""
+    encoder = Encoder(cfg.stem_width, cfg.enc_widths, cfg.sn_shortcut)
+    generator = Generator(cfg.enc_widths, cfg.skips, N_CLASSES, cfg.upsample, cfg.sn_shortcut)
+    discriminator = Discriminator(cfg.disc_widths, cfg.disc_down, N_CLASSES)
+    return encoder, generator, discriminator
+
+
+__all__ = [
+    "Classifier",
+    "Discriminator",
+    "Encoder",
+    "Generator",
+    "build_classifier",
+    "build_gan",
+    "fuse",
+]

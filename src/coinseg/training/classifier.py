@@ -1,12 +1,14 @@
 """Train the image-level classifier f (normal / abnormal) that COIN explains and inpaints against.
 
 BCE on one logit, Adam, flips + small affine augmentation, class-balanced sampling when labels are imbalanced,
-validation on ``val`` every ``eval_every`` steps; ``best`` is chosen on val (AUROC, then loss), never on test.
+validation on ``val`` every ``eval_every`` steps; ``best`` is the lowest val loss (calibration matters: the
+GAN's KL target is f's probability), never chosen on test.
 Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,13 @@ def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[st
     return {"loss": loss, "accuracy": acc, "auroc": auroc}
 
 
+def cosine_factor(step: int, total: int, warmup: int = 50) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
+
+
 def _sampling_weights(labels: torch.Tensor) -> torch.Tensor:
     """Per-sample weights giving both classes equal mass when the minority class is under 40 %."""
     positive = float(labels.mean())
@@ -96,18 +105,20 @@ def train_classifier(
         f"classifier {cfg.arch.value}: {len(data.train)} train / {len(data.val)} val slices at "
         f"{settings.data.size}px, window {data.window} ({data.intensity}), device {fabric.device}"
     )
-    fabric.seed_everything(settings.seed)
+    fabric.seed_everything(settings.seed, verbose=False)
     model = build_classifier(cfg.arch, cfg.widths)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = fabric.setup(model, optimizer)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, cfg.max_steps))
     generator = torch.Generator().manual_seed(settings.seed)
-    step, best_key = 0, None
+    step, best_loss = 0, None
     if resume:
         state = load_checkpoint(run.last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
-        step, best_key = state["step"], state["best_key"]
+        step, best_loss = state["step"], state["best_loss"]
         run.log(f"resumed at step {step}")
 
     common = {
@@ -126,37 +137,41 @@ def train_classifier(
     running = torch.zeros((), device=fabric.device)
     tic, tic_step = time.time(), step
     with progress_bar("classifier", cfg.max_steps, step) as (progress, task):
-        while step < cfg.max_steps and not deadline.expired():
-            idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=generator)
-            x = augment(data.train.images[idx], cfg, generator).to(fabric.device)
-            y = data.train.labels[idx].to(fabric.device)
-            loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            running += loss.detach()
-            step += 1
-            progress.advance(task)
-            if step % cfg.eval_every == 0 or step == cfg.max_steps or deadline.expired():
+        while True:
+            stop = step >= cfg.max_steps or deadline.expired()
+            if not stop:
+                idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=generator)
+                x = augment(data.train.images[idx], cfg, generator).to(fabric.device)
+                y = data.train.labels[idx].to(fabric.device)
+                loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                optimizer.step()
+                schedule.step()
+                running += loss.detach()
+                step += 1
+                progress.advance(task)
+                stop = step >= cfg.max_steps or deadline.expired()
+            if stop or step % cfg.eval_every == 0:
                 rate = (step - tic_step) / max(time.time() - tic, 1e-9)
                 val = _evaluate(model, data.val, fabric.device)
                 model.train()
                 train_loss = float(running) / max(step - tic_step, 1)
                 running.zero_()
                 tic, tic_step = time.time(), step
-                key = (val["auroc"] if val["auroc"] is not None else val["accuracy"], -val["loss"])  # type: ignore[operator]
-                improved = best_key is None or key > tuple(best_key)
+                improved = best_loss is None or val["loss"] < best_loss
                 if improved:
-                    best_key = list(key)
+                    best_loss = val["loss"]
                     save_checkpoint({**common, "model": model.state_dict(), "step": step}, run.best)
                 save_checkpoint(
                     {
                         **common,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
                         "generator": generator.get_state(),
                         "step": step,
-                        "best_key": best_key,
+                        "best_loss": best_loss,
                     },
                     run.last,
                 )
@@ -164,6 +179,8 @@ def train_classifier(
                 row.update({f"val_{k}": v for k, v in val.items()})
                 run.append_metrics(row)
                 progress.update(task, info=f"loss {train_loss:.3f} val acc {val['accuracy']:.3f} {rate:.1f} it/s")
+            if stop:
+                break
     if deadline.expired() and step < cfg.max_steps:
         run.log(f"--max-minutes reached: stopped at step {step} with a checkpoint")
 

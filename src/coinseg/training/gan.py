@@ -216,7 +216,7 @@ def train_gan(
         f"{cfg.method.value} GAN: {len(data.train)} train / {len(data.val)} val slices at {settings.data.size}px, "
         f"window {data.window}, device {fabric.device}, G every {cfg.gen_every} step(s)"
     )
-    fabric.seed_everything(settings.seed)
+    fabric.seed_everything(settings.seed, verbose=False)
     trainer = GanTrainer(settings, classifier, fabric)
     generator = torch.Generator().manual_seed(settings.seed)
     step, best_score = 0, None
@@ -241,12 +241,14 @@ def train_gan(
     validation: dict[str, float | None] = {}
     tic, tic_step = time.time(), step
     with progress_bar(f"{cfg.method.value} GAN", cfg.max_steps, step) as (progress, task):
-        while step < cfg.max_steps and not deadline.expired():
-            idx = torch.randint(len(data.train), (cfg.batch_size,), generator=generator)
-            trainer.step(data.train.images[idx].to(fabric.device), step)
-            step += 1
-            progress.advance(task)
+        while True:
             done = step >= cfg.max_steps or deadline.expired()
+            if not done:
+                idx = torch.randint(len(data.train), (cfg.batch_size,), generator=generator)
+                trainer.step(data.train.images[idx].to(fabric.device), step)
+                step += 1
+                progress.advance(task)
+                done = step >= cfg.max_steps or deadline.expired()
             if step % cfg.log_every == 0 or done:
                 rate = (step - tic_step) / max(time.time() - tic, 1e-9)
                 tic, tic_step = time.time(), step
@@ -274,6 +276,8 @@ def train_gan(
                     sample_grid(preview.numpy(), x_cf, out / "samples" / f"step_{step:07d}.png")
                 run.append_metrics(row)
                 progress.update(task, info=f"G {row['g']:.3f} D {row['d']:.3f} {rate:.2f} it/s")
+            if done:
+                break
     if deadline.expired() and step < cfg.max_steps:
         run.log(f"--max-minutes reached: stopped at step {step} with a checkpoint")
     progress_plot(out / "metrics.csv", out / "progress.png")

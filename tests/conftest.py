@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny synthetic data set and tiny trained runs (CPU, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coinseg.config import Settings, apply_method, save_settings, settings_from_dict
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TINY = {
+    "data": {"size": 32},
+    "classifier": {"max_steps": 6, "eval_every": 3, "batch_size": 8, "widths": [4, 8]},
+    "gan": {
+        "max_steps": 4,
+        "val_every": 2,
+        "sample_every": 2,
+        "log_every": 2,
+        "batch_size": 4,
+        "enc_widths": [4, 8, 16],
+        "stem_width": 4,
+        "disc_widths": [4, 8, 16],
+        "disc_down": [2, 2, 2],
+        "skips": [1, 2],
+    },
+}
+
+
+def tiny_settings() -> Settings:
+    return settings_from_dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    save_settings(tiny_settings(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 48-slice synthetic data set at 64 px; returns the manifest path."""
+    from coinseg.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("data") / "synth", n_slices=48, size=64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from coinseg.training.classifier import train_classifier
+
+    out = tmp_path_factory.mktemp("runs") / "classifier"
+    train_classifier(tiny_data, out, tiny_settings(), device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def coin_run(tiny_data: Path, classifier_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from coinseg.training.gan import train_gan
+
+    out = tmp_path_factory.mktemp("runs") / "coin"
+    train_gan(tiny_data, classifier_run, out, tiny_settings(), device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def singla_run(tiny_data: Path, classifier_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from coinseg.training.gan import train_gan
+
+    settings = tiny_settings()
+    settings.gan = apply_method(settings.gan, "singla")
+    out = tmp_path_factory.mktemp("runs") / "singla"
+    train_gan(tiny_data, classifier_run, out, settings, device="cpu")
+    return out

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from coinseg.evaluation.metrics import (
+    SegmentationTally,
+    accuracy_auroc,
+    average_precision,
+    counterfactual_validity,
+    difference_map,
+    flip_rate,
+    postprocess,
+)
+
+
+def _mask(shape, *slices):
+    m = np.zeros(shape, dtype=bool)
+    for s in slices:
+        m[s] = True
+    return m
+
+
+def test_difference_map_scale():
+    x = np.array([[-1.0, 0.0], [1.0, 0.5]])
+    x_cf = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(difference_map(x, x_cf), [[1.0, 0.0], [1.0, 0.25]])
+
+
+def test_postprocess_keeps_largest_component_and_drops_isolated_pixel():
+    m = _mask((20, 20), np.s_[2:7, 2:7], np.s_[12:15, 12:15])
+    m[10, 3] = True  # isolated pixel
+    out = postprocess(m)
+    np.testing.assert_array_equal(out, _mask((20, 20), np.s_[2:7, 2:7]))
+
+
+def test_postprocess_border_object_and_empty():
+    corner = _mask((10, 10), np.s_[0:4, 0:4])
+    np.testing.assert_array_equal(postprocess(corner), corner)  # the border does not erode objects
+    assert not postprocess(np.zeros((8, 8), bool)).any()
+    assert not postprocess(_mask((8, 8), np.s_[3, 3])).any()  # opening empties it
+
+
+def test_tally_pooled_vs_mean_iou_and_dice():
+    t = SegmentationTally()
+    shape = (6, 6)
+    # A: perfect, 8 px -> TP 8; IoU 1, Dice 1
+    a = _mask(shape, np.s_[0:2, 0:4])
+    t.add(a, a, abnormal=True)
+    # B: 2 px gt, 2 px pred, disjoint -> FP 2, FN 2; IoU 0, Dice 0
+    t.add(_mask(shape, np.s_[5, 0:2]), _mask(shape, np.s_[5, 4:6]), abnormal=True)
+    # C: gt 4 px, pred 2 px inside -> TP 2, FN 2; IoU 1/2, Dice 2/3
+    t.add(_mask(shape, np.s_[3, 0:2]), _mask(shape, np.s_[3, 0:4]), abnormal=True)
+    s = t.summary()
+    assert s["pooled_iou"] == pytest.approx(10 / 16)
+    assert s["mean_iou"] == pytest.approx(0.5)
+    assert s["mean_dice"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert s["n_abnormal"] == 3 and s["n_normal"] == 0
+    assert s["normal_fp_rate"] is None
+
+
+def test_tally_empty_conventions_and_normal_fp_rate():
+    t = SegmentationTally()
+    empty = np.zeros((4, 4), bool)
+    t.add(empty, empty, abnormal=True)  # empty/empty: IoU = Dice = 1, no pooled union
+    s = t.summary()
+    assert s["pooled_iou"] is None
+    assert s["mean_iou"] == 1.0 and s["mean_dice"] == 1.0
+    t.add(empty, _mask((4, 4), np.s_[0, 0]), abnormal=True)  # missed lesion: 0
+    assert t.summary()["mean_iou"] == pytest.approx(0.5)
+    t.add(_mask((4, 4), np.s_[1, 1]), empty, abnormal=False)
+    t.add(empty, empty, abnormal=False)
+    t.add(empty, empty, abnormal=False)
+    s = t.summary()
+    assert s["normal_fp_rate"] == pytest.approx(1 / 3)
+    assert s["n_normal"] == 3 and s["n_abnormal"] == 2
+    assert s["pooled_iou"] == 0.0
+    nothing = SegmentationTally().summary()
+    assert nothing["mean_iou"] is None and nothing["mean_dice"] is None and nothing["pooled_iou"] is None
+
+
+def test_average_precision_hand_computed():
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
+    # ties enter together: threshold 0.5 -> P 1/2 at R 1/2; threshold 0.2 -> P 2/3 at R 1
+    assert average_precision(np.array([0.5, 0.5, 0.2]), np.array([1, 0, 1])) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert average_precision(np.array([[0.3, 0.1]]), np.array([[0, 0]])) is None
+    assert average_precision(np.array([0.2, 0.1]), np.array([1, 1])) == pytest.approx(1.0)
+
+
+def test_average_precision_matches_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(5000), 2)  # many ties
+    targets = rng.random(5000) < scores * 0.3
+    assert average_precision(scores, targets) == pytest.approx(
+        metrics.average_precision_score(targets, scores), abs=1e-12
+    )
+
+
+def test_counterfactual_validity_and_flip_rate():
+    p = np.array([0.9, 0.95, 0.85, 0.5])
+    p_cf = np.array([0.05, 0.5, 0.01, 0.0])
+    assert counterfactual_validity(p, p_cf) == pytest.approx(2 / 3)
+    assert counterfactual_validity(np.array([0.5, 0.8]), np.array([0.0, 0.0])) is None
+    assert flip_rate(p, p_cf) == pytest.approx(3 / 4)
+    assert flip_rate(np.array([0.1, 0.49]), np.array([0.0, 0.0])) is None
+
+
+def test_accuracy_auroc_with_ties():
+    acc, auc = accuracy_auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.5, 0.5, 0.9]))
+    assert acc == pytest.approx(3 / 4)
+    assert auc == pytest.approx(3.5 / 4)
+    acc, auc = accuracy_auroc(np.array([1, 1]), np.array([0.7, 0.2]))
+    assert acc == pytest.approx(0.5) and auc is None

@@ -1,0 +1,163 @@
+"""Shapes, parameter counts and invariants of the networks (CPU, small inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from coinseg.config import ClassifierArch, Fusion, GanConfig, Upsample, paper_settings
+from coinseg.models import Classifier, Discriminator, Encoder, Generator, build_classifier, build_gan, fuse
+from coinseg.models.blocks import ConditionalBatchNorm, DiscriminatorBlock, EncoderBlock, GeneratorBlock
+
+SIZE = 64
+ENC = [16, 32, 64, 128]
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def image(batch: int = 2, size: int = SIZE) -> torch.Tensor:
+    return torch.rand(batch, 1, size, size) * 2 - 1
+
+
+def test_conditional_batch_norm() -> None:
+    cbn = ConditionalBatchNorm(8, n_classes=2)
+    gamma, beta = cbn.embed.weight[:, :8], cbn.embed.weight[:, 8:]
+    assert (gamma - 1).abs().max() < 0.1 and torch.all(beta == 0)
+    x = torch.randn(4, 8, 5, 5)
+    assert cbn(x, torch.tensor([0, 1, 0, 1])).shape == x.shape
+    with torch.no_grad():
+        cbn.embed.weight[1] = 0
+    out = cbn(x, torch.tensor([0, 1, 0, 1]))
+    assert torch.all(out[1] == 0) and out[0].abs().sum() > 0
+
+
+def test_encoder_block_shape() -> None:
+    assert EncoderBlock(16, 32)(torch.randn(2, 16, 16, 16)).shape == (2, 32, 8, 8)
+
+
+@pytest.mark.parametrize("mode", list(Upsample))
+def test_generator_block_shape(mode: Upsample) -> None:
+    block = GeneratorBlock(48, 16, n_classes=2, mode=mode)
+    assert block(torch.randn(2, 48, 8, 8), torch.tensor([0, 1])).shape == (2, 16, 16, 16)
+
+
+def test_discriminator_block_shapes() -> None:
+    assert DiscriminatorBlock(1, 16, 2, first=True)(image()).shape == (2, 16, 32, 32)
+    assert DiscriminatorBlock(16, 32, 2)(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
+    same = DiscriminatorBlock(32, 32, 1)
+    assert isinstance(same.shortcut[0], nn.Identity)
+    assert same(torch.randn(2, 32, 4, 4)).shape == (2, 32, 4, 4)
+
+
+def test_encoder_features() -> None:
+    feats = Encoder(16, ENC)(image())
+    assert [tuple(f.shape) for f in feats] == [
+        (2, w, SIZE // 2 ** (i + 1), SIZE // 2 ** (i + 1)) for i, w in enumerate(ENC)
+    ]
+
+
+@pytest.mark.parametrize("skips", [[], [1], [1, 2, 3]])
+@pytest.mark.parametrize("mode", list(Upsample))
+def test_generator_output_size(skips: list[int], mode: Upsample) -> None:
+    feats = Encoder(16, ENC)(image())
+    g = Generator(ENC, skips, upsample=mode)(feats, torch.tensor([0, 1]))
+    assert g.shape == (2, 1, SIZE, SIZE)
+
+
+def test_generator_skip_channels() -> None:
+    gen = Generator(ENC, [1, 2, 3])
+    ins = [block.state_dict()["norm1.embed.weight"].shape[1] // 2 for block in gen.blocks]
+    assert ins == [128, 128 + 64, 64 + 32, 32 + 16]
+
+
+def test_generator_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="skips"):
+        Generator(ENC, [0])
+    with pytest.raises(ValueError, match="skips"):
+        Generator(ENC, [4])
+    feats = Encoder(16, ENC)(image())
+    with pytest.raises(ValueError, match="features"):
+        Generator(ENC, [1])(feats[1:], torch.tensor([0, 0]))
+
+
+def test_fuse() -> None:
+    x = torch.tensor([-1.0, -0.3, 0.0, 0.7, 1.0]).view(1, 1, 1, 5)
+    zero = torch.zeros_like(x)
+    assert torch.equal(fuse(x, zero, Fusion.clamp_add), x)
+    assert torch.equal(fuse(x, torch.full_like(x, 5.0), Fusion.clamp_add), torch.ones_like(x))
+    assert torch.allclose(fuse(x, zero, Fusion.tanh_add), torch.tanh(x))
+    assert not torch.allclose(fuse(x, zero, Fusion.tanh_add), x)
+    assert torch.equal(fuse(x, zero, Fusion.tanh), zero)
+
+
+def test_discriminator() -> None:
+    disc = Discriminator(ENC, [2, 2, 2, 2])
+    convs = [m for m in disc.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert convs and all(parametrize.is_parametrized(m, "weight") for m in convs)
+    assert not parametrize.is_parametrized(disc.embed)
+    disc.eval()
+    x = image(3)
+    out0 = disc(x, torch.zeros(3, dtype=torch.long))
+    out1 = disc(x, torch.ones(3, dtype=torch.long))
+    assert out0.shape == (3,)
+    h = torch.relu(disc.blocks(x)).sum(dim=(2, 3))
+    projection = ((disc.embed.weight[1] - disc.embed.weight[0]) * h).sum(1)
+    assert torch.allclose(out1 - out0, projection, rtol=1e-4, atol=1e-3)
+    assert (out1 - out0).abs().min() > 0
+
+
+def test_discriminator_rejects_length_mismatch() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        Discriminator([16, 32], [2])
+
+
+def test_build_gan_quick_trains_end_to_end() -> None:
+    cfg = GanConfig()
+    enc, gen, disc = build_gan(cfg)
+    assert sum(parametrize.is_parametrized(m) for m in enc.modules()) == len(cfg.enc_widths)
+    x, y = image(), torch.tensor([0, 1])
+    x_cf = fuse(x, gen(enc(x), y), cfg.fusion)
+    disc(x_cf, y).sum().backward()
+    for module in (enc, gen, disc):
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+def test_build_gan_without_sn_shortcut() -> None:
+    enc, gen, _ = build_gan(GanConfig(sn_shortcut=False))
+    assert not any(parametrize.is_parametrized(m) for m in [*enc.modules(), *gen.modules()])
+
+
+def test_paper_parameter_counts() -> None:
+    gan = paper_settings().gan
+    enc, gen, disc = build_gan(gan)
+    assert n_params(enc) == 19_581_504
+    assert n_params(gen) == 33_525_441
+    assert n_params(disc) == 38_419_905
+    assert n_params(Generator(gan.enc_widths, [], sn_shortcut=False)) == 30_040_001
+
+
+@pytest.mark.parametrize("arch", list(ClassifierArch))
+def test_classifier(arch: ClassifierArch) -> None:
+    clf = build_classifier(arch, [8, 16, 32, 64])
+    assert isinstance(clf, Classifier)
+    logits = clf(image(3))
+    assert logits.shape == (3,) and logits.dtype == torch.float32
+    assert isinstance(clf.cam_layer, nn.Module)
+    expected = clf.backbone.get_submodule("layer4" if arch is ClassifierArch.resnet18 else "blocks.3")
+    assert clf.cam_layer is expected
+    assert not any(k.startswith("cam") for k in clf.state_dict())
+
+
+def test_resnet18_parameter_count() -> None:
+    clf = build_classifier(ClassifierArch.resnet18, [])
+    assert n_params(clf) == 11_170_753
+    assert clf.state_dict()["backbone.conv1.weight"].shape == (64, 1, 7, 7)

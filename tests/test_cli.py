@@ -1,0 +1,171 @@
+"""End-to-end smoke tests of the command line on tiny synthetic data (CPU, seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from coinseg.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_synth_writes_the_manifest_contract(tmp_path: Path) -> None:
+    code, _ = invoke("synth", tmp_path / "d", "--n-slices", "20", "--size", "64", "--seed", "3")
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "d" / "manifest.csv").open()))
+    assert list(rows[0]) == ["image", "label", "mask", "split", "organ"] and len(rows) == 20
+    code, output = invoke("synth", tmp_path / "d", "--n-slices", "20", "--size", "64")
+    assert code == 2 and "exists and is not empty" in output
+
+
+def test_classifier_trains_and_resumes(tiny_data: Path, tiny_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clf"
+    code, output = invoke("train-classifier", tiny_data, "--out", out, "--config", tiny_config, "--device", "cpu")
+    assert code == 0, output
+    for name in ("config.yaml", "metrics.csv", "progress.png", "log.txt", "run.json", "test_metrics.json"):
+        assert (out / name).is_file(), name
+    assert set(json.loads((out / "test_metrics.json").read_text())["test"]) == {"loss", "accuracy", "auroc"}
+    code, output = invoke("train-classifier", tiny_data, "--out", out, "--config", tiny_config)
+    assert code == 2 and "already holds a run" in output
+    code, output = invoke("train-classifier", tiny_data, "--out", out, "--config", tiny_config, "--resume")
+    assert code == 0 and "resumed at step 6" in output
+
+
+def test_gan_stops_and_resumes_exactly(
+    tiny_data: Path, classifier_run: Path, tiny_config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gan"
+    common = ("train", tiny_data, "--classifier", classifier_run, "--out", out, "--config", tiny_config)
+    code, output = invoke(*common, "--max-steps", "2", "--device", "cpu")
+    assert code == 0, output
+    first = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert first["step"] == 2
+    code, output = invoke(*common, "--max-steps", "4", "--resume")
+    assert code == 0 and "resumed at step 2" in output, output
+    second = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert second["step"] == 4
+    # Adam's step counters continued from the resumed state (2 G updates + 2 more with gen_every=1).
+    assert int(next(iter(second["opt_g"]["state"].values()))["step"]) == 4
+    assert int(next(iter(second["opt_d"]["state"].values()))["step"]) == 4
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+
+
+def test_max_minutes_stops_cleanly_with_a_checkpoint(
+    tiny_data: Path, classifier_run: Path, tiny_config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gan"
+    code, output = invoke(
+        "train", tiny_data, "--classifier", classifier_run, "--out", out, "--config", tiny_config, "--max-minutes", "0"
+    )
+    assert code == 0, output
+    assert "--max-minutes reached" in output and (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_segment_manifest_writes_predictions_contract(coin_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    code, output = invoke("segment", coin_run, tiny_data, "--out", tmp_path / "seg")
+    assert code == 0, output
+    rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
+    assert list(rows[0]) == ["image", "prob", "prob_cf", "mask", "mask_pixels"]
+    test_rows = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
+    assert [r["image"] for r in rows] == [r["image"] for r in test_rows]
+    mask = np.asarray(PILImage.open(tmp_path / "seg" / rows[0]["mask"]))
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    assert int(rows[0]["mask_pixels"]) == int((mask == 255).sum())
+
+
+def test_segment_single_image_of_another_size(coin_run: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "big.npy", np.random.default_rng(0).normal(100, 50, (97, 131)).astype(np.float32))
+    code, output = invoke("segment", coin_run, tmp_path / "big.npy", "--out", tmp_path / "seg")
+    assert code == 0, output
+    assert np.asarray(PILImage.open(tmp_path / "seg" / "masks" / "big.png")).shape == (97, 131)
+
+
+def test_segment_nifti_volume_keeps_geometry(coin_run: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    affine = np.diag([-0.8, 0.8, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.full((40, 30, 5), 50, np.int16), affine), tmp_path / "vol.nii.gz")
+    code, output = invoke("segment", coin_run, tmp_path / "vol.nii.gz", "--out", tmp_path / "seg")
+    assert code == 0, output
+    mask = nib.load(tmp_path / "seg" / "masks" / "vol.nii.gz")
+    assert mask.shape == (40, 30, 5) and np.allclose(mask.affine, affine)
+
+
+def test_identity_generator_gives_empty_masks(coin_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """With a zero residual (g = 0) the default fusion returns x exactly, so the mask is empty."""
+    from coinseg.inference import load_model
+
+    model = load_model(coin_run, "cpu")
+    head = model.maps.inpainter.generator.head[-1]
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    arrays = [np.load(tiny_data.parent / r["image"]) for r in csv.DictReader(tiny_data.open())][:6]
+    _, _, diffs = model.run(arrays)
+    assert all(float(d.max()) == 0.0 for d in diffs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("segment", "{run}", "{missing}", "--out", "{out}"), "input not found"),
+        (("segment", "{run}", "{data}", "--out", "{out}", "--split", "nope"), "no rows in split 'nope'"),
+        (("segment", "{run}", "{data}", "--out", "{out}", "--threshold", "1.5"), "--threshold 1.5"),
+        (("evaluate", "{run}", "{data}", "--out", "{out}", "--methods", "coin,foo"), "unknown method 'foo'"),
+        (("train", "{data}", "--classifier", "{missing}", "--out", "{out}"), "checkpoint not found"),
+        (("train-classifier", "{missing}", "--out", "{out}"), "manifest not found"),
+    ],
+)
+def test_user_errors_are_one_line(
+    args: tuple[str, ...], message: str, coin_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    values = {"run": coin_run, "data": tiny_data, "out": tmp_path / "out", "missing": tmp_path / "missing.csv"}
+    code, output = invoke(*(a.format(**values) for a in args))
+    assert code == 2
+    assert output.startswith("error: ") and message in output and "Traceback" not in output
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_compares_methods_on_the_same_slices(
+    coin_run: Path, singla_run: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    code, output = invoke(
+        "evaluate",
+        coin_run,
+        tiny_data,
+        "--out",
+        out,
+        "--methods",
+        "coin,singla,rise,scorecam,layercam",
+        "--singla-run",
+        singla_run,
+        "--rise-masks",
+        "64",
+        "--device",
+        "cpu",
+    )
+    assert code == 0, output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["coin", "singla", "rise", "scorecam", "layercam"]
+    for name, row in metrics["methods"].items():
+        assert row["threshold"] == (0.25 if name in ("coin", "singla") else 0.975)
+        assert row["n_abnormal"] == metrics["n_abnormal"] and row["n_normal"] == metrics["n_normal"]
+        assert row["seconds_per_slice"] > 0
+    fid_reported = metrics["methods"]["coin"].get("fid_paired") is not None
+    assert fid_reported or any("FID unavailable" in note for note in metrics["notes"])
+    html = (out / "report.html").read_text()
+    assert "<table" in html and "data:image/png;base64," in html
