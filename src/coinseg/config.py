@@ -139,11 +139,13 @@ class GanConfig:
     lambda_minc: float = 0.0
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    # Exponential moving average of E+G weights used for validation, `best` and inference (0 = off, the paper).
+    ema: float = 0.995
     batch_size: int = 16
     gen_every: int = 1
-    max_steps: int = 2000
-    val_every: int = 250
-    sample_every: int = 250
+    max_steps: int = 600
+    val_every: int = 200
+    sample_every: int = 200
     log_every: int = 25
 
 
@@ -172,6 +174,7 @@ def paper_settings() -> Settings:
             disc_down=[2, 2, 2, 2, 2, 1],
             skips=[1, 2, 3, 4],
             cyclic=Cyclic.paper,
+            ema=0.0,
             gen_every=5,
             max_steps=225_594,
             val_every=5000,

@@ -6,6 +6,9 @@ explained for output 0 (``ClassifierOutputTarget(0)``) at ``model.cam_layer``.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -63,7 +66,8 @@ class CamAttributor:
         targets = [ClassifierOutputTarget(0) for _ in range(images.shape[0])]
         try:
             if self.name == "scorecam":
-                with torch.no_grad():
+                # grad-cam's ScoreCAM prints a tqdm bar per image to stderr, with no option to turn it off.
+                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                     maps = cam(input_tensor=images.detach(), targets=targets)
             else:
                 with torch.enable_grad():

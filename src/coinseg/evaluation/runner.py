@@ -112,7 +112,8 @@ def evaluate(
     if missing:
         raise ValueError(f"--methods {missing[0]}: {run_dir} is a {model.maps.name} run; give a {missing[0]} run")
 
-    entries = subset(select_split(read_manifest(manifest), split, manifest), max_slices)
+    every = select_split(read_manifest(manifest), split, manifest)
+    entries = subset(every, max_slices)
     arrays = [read_entry(e) for e in entries]
     shapes = [a.shape for a in arrays]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
@@ -122,12 +123,16 @@ def evaluate(
     accuracy, auroc = accuracy_auroc(labels, probs)
 
     notes: list[str] = []
+    if len(entries) < len(every):
+        notes.append(f"scored on a fixed, evenly spaced subset of {len(entries)} of the {len(every)} {split} slices")
+    if "rise" in methods and rise_masks != 6000:
+        notes.append(f"RISE with {rise_masks} masks (the paper used 6000)")
     extractor = fid_extractor
     if extractor is None and any(m in COUNTERFACTUAL_METHODS for m in methods):
         try:
             extractor = fid_lib.inception_extractor().to(model.device)
         except fid_lib.FidUnavailable as exc:
-            notes.append(f"FID unavailable: {exc}")
+            notes.append(str(exc))
     results: dict[str, dict[str, Any]] = {}
     masks_by_method: dict[str, list[np.ndarray]] = {}
     for name in methods:

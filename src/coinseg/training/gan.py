@@ -14,6 +14,7 @@ No host-device synchronisation inside the step: losses are accumulated on the de
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from pathlib import Path
@@ -64,6 +65,18 @@ def build_inpainter(cfg: GanConfig) -> tuple[Inpainter, nn.Module]:
     return Inpainter(encoder, generator, cfg.fusion), discriminator
 
 
+@torch.no_grad()
+def update_ema(ema: nn.Module, live: nn.Module, decay: float, updates: int) -> None:
+    """ema <- d * ema + (1 - d) * live for parameters, d = min(decay, (1 + n) / (10 + n)) after n updates
+    (a warm-up, so early averages do not keep the random initialisation); buffers (BatchNorm statistics,
+    spectral-norm power-iteration vectors) are copied, since averaging unit vectors would corrupt sigma."""
+    d = min(decay, (1.0 + updates) / (10.0 + updates))
+    for e, p in zip(ema.parameters(), live.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - d)
+    for kept, b in zip(ema.buffers(), live.buffers(), strict=True):
+        kept.copy_(b)
+
+
 class GanTrainer:
     """Holds I = (E, G, fusion), D, the frozen classifier and both Adam optimisers (set up by Fabric)."""
 
@@ -75,6 +88,8 @@ class GanTrainer:
         opt_g = torch.optim.Adam(inpainter.parameters(), lr=self.cfg.lr, betas=betas)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=self.cfg.lr, betas=betas)
         self.inpainter, self.opt_g = fabric.setup(inpainter, opt_g)
+        self.ema = copy.deepcopy(inpainter).eval().requires_grad_(False) if self.cfg.ema else None
+        self.g_updates = 0
         self.discriminator, self.opt_d = fabric.setup(discriminator, opt_d)
         self.classifier = fabric.setup_module(classifier.eval().requires_grad_(False))
         self.totals = torch.zeros(len(LOSS_NAMES), device=fabric.device)
@@ -113,6 +128,9 @@ class GanTrainer:
             self.opt_g.zero_grad(set_to_none=True)
             self.fabric.backward(total)
             self.opt_g.step()
+            if self.ema is not None:
+                update_ema(self.ema, self.inpainter, self.cfg.ema, self.g_updates)
+            self.g_updates += 1
             self.discriminator.requires_grad_(True)
             self.totals[1:5] += terms
             self.totals[5] += total.detach()
@@ -136,17 +154,24 @@ class GanTrainer:
         self.counted.zero_()
         return dict(zip(LOSS_NAMES, means, strict=True))
 
+    @property
+    def inference_inpainter(self) -> nn.Module:
+        """The weights used for validation, `best` and inference: the EMA copy when enabled."""
+        return self.ema if self.ema is not None else self.inpainter
+
     @torch.no_grad()
     def counterfactuals(self, images: Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(x_cf as N x 1 x S x S numpy in [-1, 1], f(x) as N probs) in eval mode; inputs on the CPU."""
-        self.inpainter.eval()
+        model = self.inference_inpainter
+        model.eval()
         outs, probs = [], []
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(self.fabric.device)
             p = self._prob(x)
-            outs.append(self.inpainter(x, conditions(p, self.cfg)[1]).float().cpu())
+            outs.append(model(x, conditions(p, self.cfg)[1]).float().cpu())
             probs.append(p.cpu())
-        self.inpainter.train()
+        if model is self.inpainter:
+            model.train()
         return torch.cat(outs).numpy(), torch.cat(probs).numpy()
 
     def validate(self, data: SliceSet) -> dict[str, float | None]:
@@ -173,6 +198,8 @@ class GanTrainer:
     def state(self) -> dict[str, Any]:
         return {
             "inpainter": self.inpainter.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "g_updates": self.g_updates,
             "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -180,6 +207,9 @@ class GanTrainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.inpainter.load_state_dict(state["inpainter"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.g_updates = state["g_updates"]
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
@@ -259,7 +289,9 @@ def train_gan(
                     score = validation["score"]
                     if best_score is None or (score is not None and score < best_score):
                         best_score = score
-                        save_checkpoint({**common, "inpainter": trainer.inpainter.state_dict(), "step": step}, run.best)
+                        save_checkpoint(
+                            {**common, "inpainter": trainer.inference_inpainter.state_dict(), "step": step}, run.best
+                        )
                     save_checkpoint(
                         {
                             **common,

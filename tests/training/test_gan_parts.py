@@ -1,0 +1,34 @@
+"""GAN trainer pieces on hand-made cases: conditioning and the EMA update."""
+
+import torch
+from torch import nn
+
+from coinseg.config import GanConfig, apply_method
+from coinseg.training.gan import KL_ABNORMAL_TARGET, conditions, update_ema
+
+
+def test_single_conditioning_targets_normal_for_everything() -> None:
+    p = torch.tensor([0.1, 0.7])
+    b, c, t = conditions(p, GanConfig())
+    assert b.tolist() == [0, 1] and c.tolist() == [0, 0]
+    assert torch.allclose(t, torch.tensor([0.1, KL_ABNORMAL_TARGET]))
+
+
+def test_dual_conditioning_flips_the_prediction() -> None:
+    p = torch.tensor([0.1, 0.7])
+    b, c, t = conditions(p, apply_method(GanConfig(), "singla"))
+    assert b.tolist() == [0, 1] and c.tolist() == [1, 0]
+    assert torch.allclose(t, torch.tensor([0.9, 0.3]))
+
+
+def test_ema_warms_up_then_averages_parameters_and_copies_buffers() -> None:
+    ema, live = nn.BatchNorm1d(1), nn.BatchNorm1d(1)
+    with torch.no_grad():
+        ema.weight.fill_(0.0)
+        live.weight.fill_(1.0)
+        live.running_mean.fill_(5.0)
+    update_ema(ema, live, decay=0.99, updates=0)  # warm-up: d = 1/10
+    assert torch.allclose(ema.weight, torch.tensor([0.9]))
+    assert torch.equal(ema.running_mean, live.running_mean)
+    update_ema(ema, live, decay=0.5, updates=1000)  # d = min(0.5, ...) = 0.5
+    assert torch.allclose(ema.weight, torch.tensor([0.95]))
