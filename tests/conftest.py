@@ -32,6 +32,12 @@ def tiny_settings() -> Settings:
     return settings_from_dict(TINY)
 
 
+@pytest.fixture
+def tiny() -> Settings:
+    """Fresh tiny settings (fast CPU runs)."""
+    return tiny_settings()
+
+
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"

@@ -1,9 +1,11 @@
 """GAN trainer pieces on hand-made cases: conditioning and the EMA update."""
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from coinseg.config import GanConfig, apply_method
+from coinseg.config import GanConfig, Settings, apply_method
 from coinseg.training.gan import KL_ABNORMAL_TARGET, conditions, update_ema
 
 
@@ -32,3 +34,21 @@ def test_ema_warms_up_then_averages_parameters_and_copies_buffers() -> None:
     assert torch.equal(ema.running_mean, live.running_mean)
     update_ema(ema, live, decay=0.5, updates=1000)  # d = min(0.5, ...) = 0.5
     assert torch.allclose(ema.weight, torch.tensor([0.95]))
+
+
+def test_classifier_stays_in_eval_mode_through_validation(
+    tiny_data: Path, classifier_run: Path, tiny: Settings
+) -> None:
+    """Validation must not switch the frozen classifier's BatchNorm/dropout to training mode."""
+    from coinseg.data.prepare import prepare_data
+    from coinseg.training.classifier import load_classifier
+    from coinseg.training.gan import GanTrainer
+    from coinseg.training.runtime import make_fabric
+
+    settings = tiny
+    classifier, ckpt = load_classifier(classifier_run)
+    data = prepare_data(tiny_data, settings.data.size, settings.data.percentiles, tuple(ckpt["window"]))
+    trainer = GanTrainer(settings, classifier, make_fabric("cpu", settings.precision))
+    trainer.validate(data.val)
+    trainer.step(data.train.images[:4], 0)
+    assert not any(m.training for m in trainer.classifier.modules())

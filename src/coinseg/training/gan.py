@@ -91,7 +91,9 @@ class GanTrainer:
         self.ema = copy.deepcopy(inpainter).eval().requires_grad_(False) if self.cfg.ema else None
         self.g_updates = 0
         self.discriminator, self.opt_d = fabric.setup(discriminator, opt_d)
-        self.classifier = fabric.setup_module(classifier.eval().requires_grad_(False))
+        # Frozen once, visibly: the Fabric wrapper has its own `training` flag, so it is put in eval mode too
+        # (else code that restores a module's mode would switch the classifier's BatchNorm/dropout to train).
+        self.classifier = fabric.setup_module(classifier.requires_grad_(False)).eval()
         self.totals = torch.zeros(len(LOSS_NAMES), device=fabric.device)
         self.counted = torch.zeros(len(LOSS_NAMES), device=fabric.device)
 
