@@ -141,9 +141,12 @@ class GanConfig:
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
     # Exponential moving average of E+G weights used for validation, `best` and inference (0 = off, the paper).
     ema: float = 0.995
+    # Classifier term with the frozen classifier's dropout active (Monte-Carlo dropout; BatchNorm stays in eval
+    # mode): a stochastic f that a pixel-exact partial edit flips less reliably (False = the paper).
+    kl_dropout: bool = True
     batch_size: int = 16
     gen_every: int = 1
-    max_steps: int = 600
+    max_steps: int = 400
     val_every: int = 200
     sample_every: int = 200
     log_every: int = 25
@@ -175,6 +178,7 @@ def paper_settings() -> Settings:
             skips=[1, 2, 3, 4],
             cyclic=Cyclic.paper,
             ema=0.0,
+            kl_dropout=False,
             gen_every=5,
             max_steps=225_594,
             val_every=5000,

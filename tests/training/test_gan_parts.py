@@ -52,3 +52,17 @@ def test_classifier_stays_in_eval_mode_through_validation(
     trainer.validate(data.val)
     trainer.step(data.train.images[:4], 0)
     assert not any(m.training for m in trainer.classifier.modules())
+
+
+def test_stochastic_prob_uses_dropout_and_restores_eval(classifier_run: Path, tiny: Settings) -> None:
+    from coinseg.training.classifier import load_classifier
+    from coinseg.training.gan import GanTrainer
+    from coinseg.training.runtime import make_fabric
+
+    classifier, _ = load_classifier(classifier_run)
+    trainer = GanTrainer(tiny, classifier, make_fabric("cpu", tiny.precision))
+    x = torch.rand(8, 1, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    assert not torch.equal(trainer._stochastic_prob(x), trainer._stochastic_prob(x))  # dropout active
+    assert torch.equal(trainer._prob(x), trainer._prob(x))  # and off again afterwards
+    assert not any(m.training for m in trainer.classifier.modules())

@@ -100,13 +100,24 @@ class GanTrainer:
     def _prob(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.classifier(x).float())
 
+    def _stochastic_prob(self, x: Tensor) -> Tensor:
+        """f(x) with the classifier's dropout layers active (weights still frozen, BatchNorm in eval mode)."""
+        dropouts = [m for m in self.classifier.modules() if isinstance(m, nn.Dropout)]
+        for m in dropouts:
+            m.train()
+        try:
+            return self._prob(x)
+        finally:
+            for m in dropouts:
+                m.eval()
+
     def _generator_loss(self, x: Tensor, b: Tensor, c: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (total G loss, x_cf, per-term losses [adv, kl, rec, tv])."""
         cfg = self.cfg
         feats = self.inpainter.encoder(x)
         x_cf = self.inpainter(x, c, feats)
         adv = losses.adversarial_g(self.discriminator(x_cf, c).float(), cfg.adv_loss)
-        kl = losses.bernoulli_kl(t, self._prob(x_cf))
+        kl = losses.bernoulli_kl(t, self._stochastic_prob(x_cf) if cfg.kl_dropout else self._prob(x_cf))
         x_id = x_cf if cfg.conditioning is Conditioning.single else self.inpainter(x, b, feats)
         rec = losses.l1(x, x_id)
         if cfg.cyclic is not Cyclic.none:
