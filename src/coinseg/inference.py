@@ -52,9 +52,10 @@ class Model:
         )
 
     @torch.no_grad()
-    def probs(self, images: torch.Tensor) -> np.ndarray:
-        """f(images) for N x 1 x S x S inputs on the model's device: N probabilities."""
-        return torch.sigmoid(self.classifier(images).float()).cpu().numpy()
+    def probs(self, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+        """f(images) for N x 1 x S x S inputs in [-1, 1] (any device), in batches: N probabilities."""
+        chunks = [images[i : i + batch].to(self.device) for i in range(0, len(images), batch)]
+        return np.concatenate([torch.sigmoid(self.classifier(c).float()).cpu().numpy() for c in chunks])
 
     def run(self, arrays: list[np.ndarray], batch: int = 64) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1])."""

@@ -119,7 +119,7 @@ def evaluate(
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     labels = np.array([e.label for e in entries])
     x = model.inputs(arrays)
-    probs = np.concatenate([model.probs(x[i : i + batch_size].to(model.device)) for i in range(0, len(x), batch_size)])
+    probs = model.probs(x, batch_size)
     accuracy, auroc = accuracy_auroc(labels, probs)
 
     notes: list[str] = []
@@ -144,9 +144,7 @@ def evaluate(
                 x_cf = _batched(cf_model.maps.counterfactual, x, cf_model.device, batch_size)
                 maps = (x - x_cf).abs() / 2.0
                 seconds = time.perf_counter() - tic
-                probs_cf = np.concatenate(
-                    [model.probs(x_cf[i : i + batch_size].to(model.device)) for i in range(0, len(x), batch_size)]
-                )
+                probs_cf = model.probs(x_cf, batch_size)
                 cut = threshold
                 entry = {
                     "kind": "counterfactual",
