@@ -25,6 +25,7 @@ from coinseg.config import DeviceChoice, Precision
 from coinseg.data.manifest import ManifestError, read_manifest
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import cached_image, read_entry, resize
+from coinseg.evaluation.metrics import difference_map
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.io.files import atomic_dir
 from coinseg.io.images import Image, ImageReadError, read_image, suffix_of, write_nifti_mask, write_png_mask
@@ -66,7 +67,7 @@ class Model:
             x_cf = self.maps.counterfactual(x)
             probs.append(self.probs(x))
             probs_cf.append(self.probs(x_cf))
-            diffs.extend(to_original_size((x - x_cf).abs() / 2.0, [a.shape for a in chunk]))
+            diffs.extend(to_original_size(difference_map(x, x_cf), [a.shape for a in chunk]))
         return np.concatenate(probs), np.concatenate(probs_cf), diffs
 
 

@@ -25,6 +25,14 @@ def test_difference_map_scale():
     np.testing.assert_allclose(difference_map(x, x_cf), [[1.0, 0.0], [1.0, 0.25]])
 
 
+def test_difference_map_keeps_torch_tensors():
+    import torch
+
+    out = difference_map(torch.tensor([[-1.0, 0.5]]), torch.tensor([[1.0, 0.0]]))
+    assert isinstance(out, torch.Tensor)
+    assert out.tolist() == [[1.0, 0.25]]
+
+
 def test_postprocess_keeps_largest_component_and_drops_isolated_pixel():
     m = _mask((20, 20), np.s_[2:7, 2:7], np.s_[12:15, 12:15])
     m[10, 3] = True  # isolated pixel

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from coinseg.config import GanConfig
+from coinseg.evaluation.metrics import difference_map
 from coinseg.models.inpainter import Inpainter
 from coinseg.training.gan import conditions
 
@@ -30,4 +31,4 @@ class CounterfactualMaps:
         return self.inpainter(images, conditions(p, self.cfg)[1]).float()
 
     def __call__(self, images: Tensor) -> Tensor:
-        return (images - self.counterfactual(images)).abs() / 2.0
+        return difference_map(images, self.counterfactual(images))

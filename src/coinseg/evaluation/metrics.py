@@ -12,30 +12,30 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import scipy.ndimage as ndi
 import scipy.stats
+import torch
 
 _SQUARE_3x3 = np.ones((3, 3), dtype=bool)
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-def difference_map(x: Any, x_cf: Any) -> np.ndarray:
+def difference_map(x: ArrayT, x_cf: ArrayT) -> ArrayT:
     """Absolute difference between an image and its counterfactual on the [0, 1] scale.
 
     Args:
-        x: image(s) in [-1, 1], any shape (numpy array or array-like, e.g. a CPU tensor).
-        x_cf: counterfactual(s), same shape and range as ``x``.
+        x: image(s) in [-1, 1], any shape: a float numpy array or a torch tensor (kept on its device).
+        x_cf: counterfactual(s), same type, shape and range as ``x``.
 
     Returns:
-        ``|x - x_cf| / 2`` as a float array of the same shape, in [0, 1].
+        ``|x - x_cf| / 2`` of the same type and shape, in [0, 1].
     """
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(x_cf, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    return np.abs(a - b) / 2.0
+    if x.shape != x_cf.shape:
+        raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(x_cf.shape)}")
+    return abs(x - x_cf) / 2.0
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from coinseg.evaluation.metrics import (
     accuracy_auroc,
     average_precision,
     counterfactual_validity,
+    difference_map,
     flip_rate,
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
@@ -142,7 +143,7 @@ def evaluate(
             if name in COUNTERFACTUAL_METHODS:
                 cf_model = models[name]
                 x_cf = _batched(cf_model.maps.counterfactual, x, cf_model.device, batch_size)
-                maps = (x - x_cf).abs() / 2.0
+                maps = difference_map(x, x_cf)
                 seconds = time.perf_counter() - tic
                 probs_cf = model.probs(x_cf, batch_size)
                 cut = threshold

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from coinseg import losses
-from coinseg.config import Conditioning, Cyclic, DeviceChoice, GanConfig, Method, Settings, settings_to_dict
+from coinseg.config import Conditioning, Cyclic, DeviceChoice, GanConfig, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.evaluation.metrics import counterfactual_validity, flip_rate
@@ -346,4 +346,4 @@ def load_inpainter(run_dir: Path) -> tuple[Inpainter, dict[str, Any]]:
     return inpainter.eval(), ckpt
 
 
-__all__ = ["GanTrainer", "Method", "conditions", "load_inpainter", "train_gan"]
+__all__ = ["GanTrainer", "conditions", "load_inpainter", "train_gan"]
