@@ -24,11 +24,20 @@ from coinseg.attribution.counterfactual import CounterfactualMaps
 from coinseg.config import DeviceChoice, Precision
 from coinseg.data.manifest import ManifestError, read_manifest
 from coinseg.data.normalise import normalise
-from coinseg.data.slices import cached_image, read_entry, resize
+from coinseg.data.slices import read_entry, resize
 from coinseg.evaluation.metrics import difference_map
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.io.files import atomic_dir
-from coinseg.io.images import Image, ImageReadError, read_image, suffix_of, write_nifti_mask, write_png_mask
+from coinseg.io.images import (
+    SLICE_SUFFIXES,
+    Image,
+    ImageReadError,
+    intensity_for,
+    read_image,
+    suffix_of,
+    write_nifti_mask,
+    write_png_mask,
+)
 from coinseg.models.classifier import build_classifier
 from coinseg.training.gan import load_inpainter
 from coinseg.training.runtime import load_checkpoint, make_fabric, progress_bar
@@ -125,13 +134,13 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
         jobs = []
         for e in entries:
             name = _strip_suffix(e.source) + (f"_z{e.slice:04d}" if e.slice is not None else "")
-            jobs.append(Job(_safe(name), e.source, Image(read_entry(e), cached_image(e.image).intensity)))
+            jobs.append(Job(_safe(name), e.source, Image(read_entry(e), intensity_for(e.image))))
         return jobs
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
         if files and all(suffix_of(p) == ".dcm" for p in files):
             return [Job(_safe(source.name), str(source), read_image(source))]
-        images = [p for p in files if suffix_of(p) in (".npy", ".png", ".tif", ".tiff", ".nii", ".nii.gz")]
+        images = [p for p in files if suffix_of(p) in SLICE_SUFFIXES and suffix_of(p) != ".dcm"]
         if not images:
             raise ImageReadError(f"{source}: no images (.npy .png .tif .nii .nii.gz .dcm) in the folder")
         return [Job(_safe(_strip_suffix(p.name)), str(p), read_image(p)) for p in images]

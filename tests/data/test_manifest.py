@@ -87,3 +87,16 @@ def test_missing_val_split_is_held_out_from_train(tmp_path: Path) -> None:
 def test_default_split_is_deterministic(tmp_path: Path) -> None:
     path = _write(tmp_path, ["s0.npy,0", "s1.npy,1"], header="image,label")
     assert [e.split for e in read_manifest(path)] == [e.split for e in read_manifest(path)]
+
+
+def test_mixing_grey_and_hu_images_is_named(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from coinseg.data.slices import intensity_of
+
+    PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "g.png")
+    entries = read_manifest(_write(tmp_path, ["s0.npy,0,train", "g.png,1,train"]))
+    with pytest.raises(ManifestError, match=r"row 2 \(g.png\) mixes grey-value images with HU images"):
+        intensity_of(entries, tmp_path / "manifest.csv")
+    assert intensity_of(entries[:1], tmp_path / "manifest.csv") == "hu"
+    assert intensity_of(entries[1:], tmp_path / "manifest.csv") == "unit"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from coinseg.data.manifest import Entry, ManifestError
 from coinseg.data.normalise import fingerprint_window, normalise
-from coinseg.io.images import Image, ImageReadError, read_image
+from coinseg.io.images import Image, ImageReadError, intensity_for, read_image
 
 
 @dataclass
@@ -55,13 +55,11 @@ def read_entry(entry: Entry, path: Path | None = None) -> np.ndarray:
 
 def intensity_of(entries: list[Entry], manifest: Path) -> str:
     """ "hu" or "unit" for the whole manifest; mixing HU files with PNG/TIFF grey values is an error."""
-    kinds: dict[Path, str] = {}
+    first = intensity_for(entries[0].image)
     for entry in entries:
-        kind = cached_image(entry.image).intensity if entry.image not in kinds else kinds[entry.image]
-        kinds[entry.image] = kind
-        if kind != next(iter(kinds.values())):
+        if intensity_for(entry.image) != first:
             raise ManifestError(f"{manifest}: row {entry.row} ({entry.source}) mixes grey-value images with HU images")
-    return next(iter(kinds.values()))
+    return first
 
 
 def compute_window(train: list[Entry], percentiles: list[float], seed: int = 0) -> tuple[float, float]:

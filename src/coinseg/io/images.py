@@ -21,6 +21,7 @@ import numpy as np
 Intensity = Literal["hu", "unit"]
 
 SLICE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
+GREY_SUFFIXES = (".png", ".tif", ".tiff")  # already-windowed grey values; every other input is HU
 
 
 class ImageReadError(ValueError):
@@ -52,6 +53,11 @@ def suffix_of(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def intensity_for(path: Path) -> Intensity:
+    """The intensity kind a file (or DICOM series folder) is read with, from its suffix alone."""
+    return "unit" if path.is_file() and suffix_of(path) in GREY_SUFFIXES else "hu"
+
+
 def read_image(path: Path) -> Image:
     """Read one image file or a DICOM series folder. Raises :class:`ImageReadError` naming the file."""
     if path.is_dir():
@@ -61,7 +67,7 @@ def read_image(path: Path) -> Image:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
             image = Image(_float(array, path), "hu", shape=array.shape)
-        elif suffix in (".png", ".tif", ".tiff"):
+        elif suffix in GREY_SUFFIXES:
             image = Image(_read_grey(path), "unit")
         elif suffix == ".dcm":
             image = Image(_read_dicom(path), "hu")
