@@ -37,6 +37,13 @@ def test_paper_profile_is_the_paper_recipe() -> None:
     assert paper.gan.enc_widths == [64, 128, 256, 512, 1024]
     assert paper.gan.gen_every == 5 and paper.gan.batch_size == 16
     assert paper.gan.lambda_kl == 5.0 and paper.gan.lambda_tv == 0.05 and paper.gan.lambda_minc == 0.0
+    assert paper.gan.kl_edit_scale == 1.0  # the classifier term scores x_cf itself
+
+
+def test_edit_scale_outside_unit_interval_is_refused() -> None:
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=rf"gan.kl_edit_scale: {bad} must be in \(0, 1\]"):
+            settings_from_dict({"gan": {"kl_edit_scale": bad}})
 
 
 def test_singla_is_a_setting_of_the_same_gan() -> None:

@@ -1,4 +1,4 @@
-"""GAN trainer pieces on hand-made cases: conditioning and the EMA update."""
+"""GAN trainer pieces on hand-made cases: conditioning, the scaled edit and the EMA update."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from coinseg.config import GanConfig, Settings, apply_method
-from coinseg.training.gan import KL_ABNORMAL_TARGET, conditions, update_ema
+from coinseg.training.gan import KL_ABNORMAL_TARGET, conditions, scaled_edit, update_ema
 
 
 def test_single_conditioning_targets_normal_for_everything() -> None:
@@ -66,3 +66,30 @@ def test_stochastic_prob_uses_dropout_and_restores_eval(classifier_run: Path, ti
     assert not torch.equal(trainer._stochastic_prob(x), trainer._stochastic_prob(x))  # dropout active
     assert torch.equal(trainer._prob(x), trainer._prob(x))  # and off again afterwards
     assert not any(m.training for m in trainer.classifier.modules())
+
+
+def test_scaled_edit_applies_part_of_the_change() -> None:
+    x = torch.tensor([[[[-1.0, 0.5]]]])
+    x_cf = torch.tensor([[[[0.0, -0.5]]]])
+    assert torch.allclose(scaled_edit(x, x_cf, 0.5), torch.tensor([[[[-0.5, 0.0]]]]))
+    assert scaled_edit(x, x_cf, 1.0) is x_cf
+
+
+def test_classifier_term_scores_the_scaled_edit(classifier_run: Path, tiny: Settings) -> None:
+    """With kl_edit_scale s the generator loss feeds f exactly x + s (x_cf - x)."""
+    from coinseg.training.classifier import load_classifier
+    from coinseg.training.gan import GanTrainer
+    from coinseg.training.runtime import make_fabric
+
+    tiny.gan.kl_edit_scale, tiny.gan.kl_dropout = 0.25, False
+    classifier, _ = load_classifier(classifier_run)
+    trainer = GanTrainer(tiny, classifier, make_fabric("cpu", tiny.precision))
+    seen: list[torch.Tensor] = []
+    trainer.classifier.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    p = trainer._prob(x)
+    b, c, t = conditions(p, tiny.gan)
+    seen.clear()
+    _, x_cf, _ = trainer._generator_loss(x, b, c, t)
+    assert len(seen) == 1
+    assert torch.allclose(seen[0], x + 0.25 * (x_cf.detach() - x), atol=1e-6)

@@ -4,10 +4,10 @@ Per step, with the frozen classifier f (eval mode, no parameter grads; gradients
   p = f(x), b = 1[p >= 0.5]; condition c = 0 (single, COIN) or 1[1 - p >= 0.5] (dual, Singla);
   KL target t = 1e-6 where b = 1 else p (single) or 1 - p (dual).
   Every ``gen_every``-th step, E+G are updated with
-    adv(D(x_cf, c)) + λ_kl KL(t || f(x_cf)) + λ_rec [L1(x, x_id) + cyclic] + λ_tv TV + λ_minc L1(x, x_cf),
+    adv(D(x_cf, c)) + λ_kl KL(t || f(x + s (x_cf - x))) + λ_rec [L1(x, x_id) + cyclic] + λ_tv TV + λ_minc L1(x, x_cf),
   where x_id = x_cf (single) or I(x, b) (dual) and the cyclic term is L1(x, I(x_cf, c')) (paper) or
   L1(x_cf, I(x_cf, c')) (idempotent), c' = c (single) or b (dual). On the other steps E+G run under no_grad.
-  D is updated every step on (x, b) as real and (x_cf, c) as fake.
+  s = ``kl_edit_scale`` (1 = the paper's f(x_cf)). D is updated every step on (x, b) as real and (x_cf, c) as fake.
 No host-device synchronisation inside the step: losses are accumulated on the device and read every
 ``log_every`` steps.
 """
@@ -58,6 +58,12 @@ def conditions(p: Tensor, cfg: GanConfig) -> tuple[Tensor, Tensor, Tensor]:
         c = (1.0 - p >= 0.5).long()
         t = 1.0 - p
     return b, c, t
+
+
+def scaled_edit(x: Tensor, x_cf: Tensor, scale: float) -> Tensor:
+    """x + scale (x_cf - x): the counterfactual edit applied at strength ``scale`` in (0, 1] (a convex blend of two
+    B x 1 x H x W images in [-1, 1], so it stays in range); what the classifier term scores."""
+    return x_cf if scale == 1.0 else x + scale * (x_cf - x)
 
 
 def build_inpainter(cfg: GanConfig) -> tuple[Inpainter, nn.Module]:
@@ -117,7 +123,8 @@ class GanTrainer:
         feats = self.inpainter.encoder(x)
         x_cf = self.inpainter(x, c, feats)
         adv = losses.adversarial_g(self.discriminator(x_cf, c).float(), cfg.adv_loss)
-        kl = losses.bernoulli_kl(t, self._stochastic_prob(x_cf) if cfg.kl_dropout else self._prob(x_cf))
+        scored = scaled_edit(x, x_cf, cfg.kl_edit_scale)
+        kl = losses.bernoulli_kl(t, self._stochastic_prob(scored) if cfg.kl_dropout else self._prob(scored))
         x_id = x_cf if cfg.conditioning is Conditioning.single else self.inpainter(x, b, feats)
         rec = losses.l1(x, x_id)
         if cfg.cyclic is not Cyclic.none:
@@ -189,12 +196,15 @@ class GanTrainer:
 
     def validate(self, data: SliceSet) -> dict[str, float | None]:
         """Mask-free validation: CV, flip rate, change on predicted-normal slices, and the selection score
-        λ_kl KL + λ_rec L1(x, x_cf) + λ_tv TV (lower is better; the adversarial term is not comparable over time)."""
+        λ_kl KL (on the edit scaled as in training) + λ_rec L1(x, x_cf) + λ_tv TV (lower is better; the adversarial term is not comparable over time)."""
         x_cf, p = self.counterfactuals(data.images)
         cf = torch.from_numpy(x_cf)
         p_cf = classifier_probs(self.classifier, cf, self.fabric.device)
+        p_scored = classifier_probs(
+            self.classifier, scaled_edit(data.images, cf, self.cfg.kl_edit_scale), self.fabric.device
+        )
         _, _, t = conditions(torch.from_numpy(p), self.cfg)
-        kl = float(losses.bernoulli_kl(t, torch.from_numpy(p_cf)))
+        kl = float(losses.bernoulli_kl(t, torch.from_numpy(p_scored)))
         change = (cf - data.images).abs().mean(dim=(1, 2, 3)).numpy()
         tv = float(losses.total_variation(data.images, cf))
         normal = p < 0.5
