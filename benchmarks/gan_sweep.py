@@ -68,7 +68,13 @@ def main() -> None:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("classifier", type=Path, help="train-classifier run directory")
     parser.add_argument("--profile", default="quick", choices=["quick", "paper"])
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="[section.]field=value, e.g. gan.lambda_tv=0.01 or seed=1 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="[section.]field=value, e.g. gan.lambda_tv=0.01 or seed=1 (repeatable)",
+    )
     parser.add_argument("--eval-at", default="200,400", help="comma-separated steps")
     parser.add_argument("--threshold", type=float, default=0.25)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -96,7 +102,12 @@ def main() -> None:
             trainer.step(data.train.images[idx].to(fabric.device), step)
             step += 1
         seconds = time.perf_counter() - tic
-        row = {"name": name, "step": step, "train_s": round(seconds, 1), **score(trainer, data.test, gts, args.threshold)}
+        row = {
+            "name": name,
+            "step": step,
+            "train_s": round(seconds, 1),
+            **score(trainer, data.test, gts, args.threshold),
+        }
         row["val_score"] = trainer.validate(data.val)["score"]
         line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         print(line, flush=True)
