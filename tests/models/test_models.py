@@ -89,6 +89,19 @@ def test_generator_rejects_bad_input() -> None:
         Generator(ENC, [1])(feats[1:], torch.tensor([0, 0]))
 
 
+def test_identity_fusion_starts_at_the_identity() -> None:
+    """With clamp_add the untrained inpainter returns x exactly; the paper's tanh fusions start from Xavier."""
+    from coinseg.config import GanConfig
+    from coinseg.training.gan import build_inpainter
+
+    cfg = GanConfig(enc_widths=list(ENC), skips=[1, 2])
+    x = image().clamp(-1, 1)
+    inpainter, _ = build_inpainter(cfg)
+    assert torch.equal(inpainter(x, torch.zeros(2, dtype=torch.long)), x)
+    other, _ = build_inpainter(GanConfig(enc_widths=list(ENC), skips=[1, 2], fusion=Fusion.tanh))
+    assert other.generator.head[-1].weight.abs().sum() > 0
+
+
 def test_fuse() -> None:
     x = torch.tensor([-1.0, -0.3, 0.0, 0.7, 1.0]).view(1, 1, 1, 5)
     zero = torch.zeros_like(x)

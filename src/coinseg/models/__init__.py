@@ -5,7 +5,7 @@ Plain ``nn.Module``s: no optimisers, no device logic.
 
 from __future__ import annotations
 
-from coinseg.config import GanConfig
+from coinseg.config import Fusion, GanConfig
 from coinseg.models.classifier import Classifier, build_classifier
 from coinseg.models.discriminator import Discriminator
 from coinseg.models.encoder import Encoder
@@ -15,9 +15,15 @@ N_CLASSES = 2
 
 
 def build_gan(cfg: GanConfig) -> tuple[Encoder, Generator, Discriminator]:
-    """E, G and D as set by ``cfg`` (two condition classes: 0 = normal, 1 = abnormal)."""
+    """E, G and D as set by ``cfg`` (two condition classes: 0 = normal, 1 = abnormal).
+
+    G starts at g = 0 when the fusion makes g = 0 the identity (``clamp_add``): training then starts from
+    x_cf = x instead of a random edit of every pixel, which a discriminator can win against before G learns
+    the identity (measured on body-windowed data: benchmarks/RESULTS.md).
+    """
     encoder = Encoder(cfg.stem_width, cfg.enc_widths, cfg.sn_shortcut)
-    generator = Generator(cfg.enc_widths, cfg.skips, N_CLASSES, cfg.upsample, cfg.sn_shortcut)
+    zero_head = cfg.fusion is Fusion.clamp_add
+    generator = Generator(cfg.enc_widths, cfg.skips, N_CLASSES, cfg.upsample, cfg.sn_shortcut, zero_head)
     discriminator = Discriminator(cfg.disc_widths, cfg.disc_down, N_CLASSES)
     return encoder, generator, discriminator
 

@@ -15,6 +15,9 @@ class Generator(nn.Module):
     """One conditional residual up-block per encoder level, widths ``reversed(enc_widths)``, then a head
     BN -> ReLU -> Conv3x3(-> 1, bias) giving the residual ``g``.
 
+    ``zero_head``: the head conv starts at zero, so G starts at g = 0 (with a fusion where g = 0 is the identity,
+    training starts from x_cf = x); else Xavier-uniform.
+
     Skip numbering: the encoder features are reversed, index 0 being the bottleneck (the generator input);
     skip ``i`` (1 <= i < len(enc_widths)) concatenates reversed feature ``i`` (channel dim) to the input of
     up-block ``i``.
@@ -27,6 +30,7 @@ class Generator(nn.Module):
         n_classes: int = 2,
         upsample: Upsample = Upsample.nearest,
         sn_shortcut: bool = True,
+        zero_head: bool = False,
     ) -> None:
         super().__init__()
         rev = list(reversed(enc_widths))
@@ -43,7 +47,12 @@ class Generator(nn.Module):
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
         head_conv = nn.Conv2d(in_ch, 1, 3, padding=1, bias=True)
-        nn.init.xavier_uniform_(head_conv.weight)
+        if zero_head:
+            assert head_conv.bias is not None
+            nn.init.zeros_(head_conv.weight)
+            nn.init.zeros_(head_conv.bias)
+        else:
+            nn.init.xavier_uniform_(head_conv.weight)
         self.head = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(), head_conv)
 
     def forward(self, features: list[Tensor], y: Tensor) -> Tensor:
