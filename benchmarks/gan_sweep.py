@@ -3,7 +3,7 @@
 Trains the GAN exactly as ``coinseg train`` does (same trainer, batches, seed) with settings overridden by
 ``--set section.field=value``, and at each ``--eval-at`` step scores the inference weights (EMA when enabled) on
 the test split: pooled IoU at threshold 0.25 at each slice's own resolution (as ``coinseg evaluate``), mean Dice,
-normal-slice false-positive rate, CV, and the mask-free validation score that picks ``best``. One JSON line
+normal-slice false-positive rate, pixel AP of the map, CV, and the mask-free validation score that picks ``best``. One JSON line
 per evaluation on stdout (and appended to ``--out``). Masks are read only for scoring, never for training.
 
     python benchmarks/gan_sweep.py data/manifest.csv clf --set gan.lambda_tv=0.01 --eval-at 200,400,800
@@ -25,7 +25,7 @@ import yaml
 from coinseg.config import profile_settings, settings_from_dict, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import load_mask
-from coinseg.evaluation.metrics import SegmentationTally, counterfactual_validity, difference_map
+from coinseg.evaluation.metrics import SegmentationTally, average_precision, counterfactual_validity, difference_map
 from coinseg.inference import to_original_size
 from coinseg.training.classifier import classifier_probs, load_classifier
 from coinseg.training.gan import GanTrainer
@@ -59,6 +59,9 @@ def score(trainer: GanTrainer, test: Any, gts: list[np.ndarray], threshold: floa
         "pooled_iou": summary["pooled_iou"],
         "mean_dice": summary["mean_dice"],
         "normal_fp_rate": summary["normal_fp_rate"],
+        "pixel_ap": average_precision(
+            np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() for g in gts])
+        ),
         "cv": counterfactual_validity(p, p_cf),
     }
 

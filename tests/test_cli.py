@@ -124,6 +124,7 @@ def test_identity_generator_gives_empty_masks(coin_run: Path, tiny_data: Path, t
         (("segment", "{run}", "{missing}", "--out", "{out}"), "input not found"),
         (("segment", "{run}", "{data}", "--out", "{out}", "--split", "nope"), "no rows in split 'nope'"),
         (("segment", "{run}", "{data}", "--out", "{out}", "--threshold", "1.5"), "--threshold 1.5"),
+        (("segment", "{run}", "{data}", "--out", "{out}", "--threshold", "high"), "a number in [0, 1) or 'auto'"),
         (("evaluate", "{run}", "{data}", "--out", "{out}", "--methods", "coin,foo"), "unknown method 'foo'"),
         (("train", "{data}", "--classifier", "{missing}", "--out", "{out}"), "checkpoint not found"),
         (("train-classifier", "{missing}", "--out", "{out}"), "manifest not found"),
@@ -169,3 +170,28 @@ def test_evaluate_compares_methods_on_the_same_slices(
     assert fid_reported or any("FID unavailable" in note for note in metrics["notes"])
     html = (out / "report.html").read_text()
     assert "<table" in html and "data:image/png;base64," in html
+
+
+def test_threshold_auto_uses_the_calibrated_noise_floor(coin_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from coinseg.training.runtime import load_checkpoint
+
+    floor = load_checkpoint(coin_run / "checkpoints" / "best.pt")["auto_threshold"]
+    assert 0.0 <= floor < 1.0
+    out = tmp_path / "report"
+    code, output = invoke("evaluate", coin_run, tiny_data, "--out", out, "--threshold", "auto", "--device", "cpu")
+    assert code == 0, output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["methods"]["coin"]["threshold"] == floor
+    assert any("threshold auto" in note for note in metrics["notes"])
+    code, output = invoke("segment", coin_run, tiny_data, "--out", tmp_path / "seg", "--threshold", "auto")
+    assert code == 0, output
+
+
+def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> None:
+    from coinseg.inference import load_model
+
+    model = load_model(coin_run, "cpu")
+    model.auto_threshold = None
+    with pytest.raises(ValueError, match="no calibrated threshold"):
+        model.threshold(None)
+    assert model.threshold(0.3) == 0.3

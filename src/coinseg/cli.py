@@ -32,6 +32,7 @@ MinutesOpt = Annotated[
     typer.Option("--max-minutes", help="stop training cleanly after this long, with a checkpoint"),
 ]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
+THRESHOLD_HELP = "mask = |x - x_cf| / 2 > threshold (paper 0.25); 'auto' = the run's noise floor, calibrated on normal validation slices"
 
 
 def user_errors(func: F) -> F:
@@ -146,7 +147,7 @@ def segment(
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder (must not exist or be empty)")],
     split: Annotated[str, typer.Option(help="manifest split to segment, or 'all'")] = "test",
-    threshold: Annotated[float, typer.Option(help="mask = |x - x_cf| / 2 > threshold")] = 0.25,
+    threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "0.25",
     postprocess: Annotated[bool, typer.Option(help="3x3 opening, 3x3 closing, largest component")] = False,
     device: DeviceOpt = DeviceChoice.auto,
     batch_size: Annotated[int, typer.Option(help="slices per batch")] = 64,
@@ -168,7 +169,7 @@ def evaluate(
         str, typer.Option(help="comma-separated: coin,singla,rise,scorecam,layercam,gradcam,gradcampp")
     ] = "coin",
     singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
-    threshold: Annotated[float, typer.Option(help="counterfactual maps: mask = map > threshold")] = 0.25,
+    threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "0.25",
     saliency_threshold: Annotated[float, typer.Option(help="attribution maps: mask = map > threshold")] = 0.975,
     postprocess: Annotated[bool, typer.Option(help="post-process counterfactual masks (paper: -pcf)")] = False,
     rise_masks: Annotated[int, typer.Option(help="RISE: number of random masks (paper 6000)")] = 6000,

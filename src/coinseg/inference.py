@@ -53,6 +53,19 @@ class Model:
     intensity: str
     size: int
     device: torch.device
+    auto_threshold: float | None = None
+
+    def threshold(self, value: float | None) -> float:
+        """The mask threshold: ``value`` (from :func:`parse_threshold`), or for None (``auto``) the noise floor
+        calibrated on normal validation slices at training time."""
+        if value is not None:
+            return value
+        if self.auto_threshold is None:
+            raise ValueError(
+                "--threshold auto: this run's checkpoint has no calibrated threshold (no normal validation slices, "
+                "or trained by an older coinseg); give a number"
+            )
+        return self.auto_threshold
 
     def inputs(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Raw 2-D slices (HU or grey values, any sizes) -> N x 1 x S x S network inputs in [-1, 1] (CPU)."""
@@ -99,7 +112,20 @@ def load_model(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto) ->
     classifier = classifier.eval().requires_grad_(False).to(fabric.device)
     maps = CounterfactualMaps(ckpt["method"], inpainter.to(fabric.device), ckpt["settings_obj"].gan, classifier)
     window = tuple(ckpt["window"]) if ckpt["window"] else None
-    return Model(maps, classifier, window, ckpt["intensity"], ckpt["size"], fabric.device)
+    return Model(maps, classifier, window, ckpt["intensity"], ckpt["size"], fabric.device, ckpt.get("auto_threshold"))
+
+
+def parse_threshold(value: float | str) -> float | None:
+    """``--threshold``: a number in [0, 1), or ``auto`` (returned as None: the run's calibrated threshold)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"--threshold {value!r}: give a number in [0, 1) or 'auto'") from None
+    if not 0.0 <= number < 1.0:
+        raise ValueError(f"--threshold {value}: must be in [0, 1)")
+    return number
 
 
 @dataclass
@@ -152,15 +178,16 @@ def segment(
     source: Path,
     out_dir: Path,
     split: str = "test",
-    threshold: float = 0.25,
+    threshold: float | str = 0.25,
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
     batch_size: int = 64,
 ) -> Path:
-    """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path."""
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"--threshold {threshold}: must be in [0, 1)")
+    """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
+    ``threshold``: a number in [0, 1) or ``"auto"`` (the run's calibrated noise floor)."""
+    parsed = parse_threshold(threshold)
     model = load_model(run_dir, device)
+    cut = model.threshold(parsed)
     jobs = collect_jobs(source, split)
     for job in jobs:
         if job.image.intensity != model.intensity:
@@ -177,7 +204,7 @@ def segment(
         for job in jobs:
             slices = list(job.image.array) if job.image.is_volume else [job.image.array]
             probs, probs_cf, diffs = model.run(slices, batch_size)
-            masks = np.stack([d > threshold for d in diffs])
+            masks = np.stack([d > cut for d in diffs])
             if postprocess:
                 masks = np.stack([clean_mask(m) for m in masks])
             if job.image.is_volume:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,30 @@ def test_classifier_term_scores_the_scaled_edit(classifier_run: Path, tiny: Sett
     _, x_cf, _ = trainer._generator_loss(x, b, c, t)
     assert len(seen) == 1
     assert torch.allclose(seen[0], x + 0.25 * (x_cf.detach() - x), atol=1e-6)
+
+
+def test_noise_floor_is_the_quantile_of_peak_change_on_normal_slices(
+    tiny_data: Path, classifier_run: Path, tiny: Settings
+) -> None:
+    """Each slice i gets one pixel changed by 2 v_i (a peak |x - x_cf| / 2 of v_i); the noise floor is the 95th
+    percentile of v over the slices labelled normal, whatever the abnormal ones do."""
+    import numpy as np
+
+    from coinseg.data.prepare import prepare_data
+    from coinseg.training.classifier import load_classifier
+    from coinseg.training.gan import NOISE_FLOOR_QUANTILE, GanTrainer
+    from coinseg.training.runtime import make_fabric
+
+    classifier, ckpt = load_classifier(classifier_run)
+    data = prepare_data(tiny_data, tiny.data.size, tiny.data.percentiles, tuple(ckpt["window"]))
+    trainer = GanTrainer(tiny, classifier, make_fabric("cpu", tiny.precision))
+    n = len(data.val)
+    v = np.linspace(0.01, 0.3, n).astype(np.float32)
+    v[data.val.labels.numpy() == 1] = 0.9  # abnormal slices must not count
+    x = data.val.images.clone().fill_(-1.0)
+    data.val.images = x
+    x_cf = x.clone()
+    x_cf[:, 0, 0, 0] += 2 * torch.from_numpy(v)
+    trainer.counterfactuals = lambda images, batch=64: (x_cf.numpy(), np.full(n, 0.1, np.float32))  # type: ignore[method-assign]
+    normal = v[data.val.labels.numpy() == 0]
+    assert trainer.validate(data.val)["noise_floor"] == pytest.approx(float(np.quantile(normal, NOISE_FLOOR_QUANTILE)))

@@ -34,7 +34,7 @@ from coinseg.evaluation.metrics import (
     flip_rate,
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
-from coinseg.inference import Model, load_model, to_original_size
+from coinseg.inference import Model, load_model, parse_threshold, to_original_size
 from coinseg.io.files import atomic_dir
 from coinseg.reporting.figures import comparison_grid
 from coinseg.reporting.report import write_report
@@ -92,7 +92,7 @@ def evaluate(
     out_dir: Path,
     methods: list[str],
     split: str = "test",
-    threshold: float = 0.25,
+    threshold: float | str = 0.25,
     saliency_threshold: float = 0.975,
     postprocess: bool = False,
     device: str = "auto",
@@ -102,7 +102,9 @@ def evaluate(
     batch_size: int = 64,
     fid_extractor: Any = None,
 ) -> dict[str, Any]:
-    """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures."""
+    """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
+    ``threshold`` (counterfactual maps): a number in [0, 1) or ``"auto"``, each run's calibrated noise floor."""
+    parsed = parse_threshold(threshold)
     model = load_model(run_dir, device)
     models: dict[str, Model] = {model.maps.name: model}
     if "singla" in methods and "singla" not in models:
@@ -146,7 +148,9 @@ def evaluate(
                 maps = difference_map(x, x_cf)
                 seconds = time.perf_counter() - tic
                 probs_cf = model.probs(x_cf, batch_size)
-                cut = threshold
+                cut = cf_model.threshold(parsed)
+                if parsed is None:
+                    notes.append(f"{name}: threshold auto = {cut:.3f} (noise floor on normal validation slices)")
                 entry = {
                     "kind": "counterfactual",
                     "cv": counterfactual_validity(probs, probs_cf),

@@ -28,7 +28,7 @@ from coinseg import losses
 from coinseg.config import Conditioning, Cyclic, DeviceChoice, GanConfig, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
-from coinseg.evaluation.metrics import counterfactual_validity, flip_rate
+from coinseg.evaluation.metrics import counterfactual_validity, difference_map, flip_rate
 from coinseg.models import build_gan
 from coinseg.models.inpainter import Inpainter
 from coinseg.reporting.figures import progress_plot, sample_grid
@@ -46,6 +46,8 @@ from coinseg.training.runtime import (
 
 LOSS_NAMES = ("d", "adv", "kl", "rec", "tv", "g")
 KL_ABNORMAL_TARGET = 1e-6
+# `--threshold auto`: the quantile, over normal validation slices, of each slice's peak |x - x_cf| / 2.
+NOISE_FLOOR_QUANTILE = 0.95
 
 
 def conditions(p: Tensor, cfg: GanConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -195,8 +197,15 @@ class GanTrainer:
         return torch.cat(outs).numpy(), torch.cat(probs).numpy()
 
     def validate(self, data: SliceSet) -> dict[str, float | None]:
-        """Mask-free validation: CV, flip rate, change on predicted-normal slices, and the selection score
-        λ_kl KL (on the edit scaled as in training) + λ_rec L1(x, x_cf) + λ_tv TV (lower is better; the adversarial term is not comparable over time)."""
+        """Mask-free validation on ``data`` (image labels only):
+
+        - ``score`` (selects ``best``; lower is better): λ_kl KL (on the edit scaled as in training)
+          + λ_rec L1(x, x_cf) + λ_tv TV; the adversarial term is not comparable over time;
+        - ``cv``, ``flip_rate``, mean change on predicted-normal and predicted-abnormal slices;
+        - ``noise_floor``: the ``NOISE_FLOOR_QUANTILE`` quantile, over slices labelled normal, of each slice's
+          peak |x - x_cf| / 2, i.e. the lowest threshold that leaves ~95 % of them without a mask pixel
+          (``--threshold auto``).
+        """
         x_cf, p = self.counterfactuals(data.images)
         cf = torch.from_numpy(x_cf)
         p_cf = classifier_probs(self.classifier, cf, self.fabric.device)
@@ -209,6 +218,8 @@ class GanTrainer:
         tv = float(losses.total_variation(data.images, cf))
         normal = p < 0.5
         score = self.cfg.lambda_kl * kl + self.cfg.lambda_rec * float(change.mean()) + self.cfg.lambda_tv * tv
+        peaks = difference_map(data.images, cf).amax(dim=(1, 2, 3)).numpy()
+        labelled_normal = data.labels.numpy() == 0
         return {
             "score": score,
             "kl": kl,
@@ -216,6 +227,9 @@ class GanTrainer:
             "flip_rate": flip_rate(p, p_cf),
             "change_normal": float(change[normal].mean()) if normal.any() else None,
             "change_abnormal": float(change[~normal].mean()) if (~normal).any() else None,
+            "noise_floor": (
+                float(np.quantile(peaks[labelled_normal], NOISE_FLOOR_QUANTILE)) if labelled_normal.any() else None
+            ),
         }
 
     def state(self) -> dict[str, Any]:
@@ -313,7 +327,13 @@ def train_gan(
                     if best_score is None or (score is not None and score < best_score):
                         best_score = score
                         save_checkpoint(
-                            {**common, "inpainter": trainer.inference_inpainter.state_dict(), "step": step}, run.best
+                            {
+                                **common,
+                                "inpainter": trainer.inference_inpainter.state_dict(),
+                                "step": step,
+                                "auto_threshold": validation["noise_floor"],
+                            },
+                            run.best,
                         )
                     save_checkpoint(
                         {
