@@ -1,10 +1,11 @@
 """Test-split segmentation quality of one COIN variant while it trains, scored at fixed steps (a tuning tool).
 
 Trains the GAN exactly as ``coinseg train`` does (same trainer, batches, seed) with settings overridden by
-``--set section.field=value``, and at each ``--eval-at`` step scores the inference weights (EMA when enabled) on
-the test split: pooled IoU at threshold 0.25 at each slice's own resolution (as ``coinseg evaluate``), mean Dice,
-normal-slice false-positive rate, pixel AP of the map, CV, and the mask-free validation score that picks ``best``. One JSON line
-per evaluation on stdout (and appended to ``--out``). Masks are read only for scoring, never for training.
+``--set [section.]field=value``, and at each ``--eval-at`` step scores the inference weights (EMA when enabled)
+on the test split: pooled IoU at the threshold at each slice's own resolution (as ``coinseg evaluate``), mean
+Dice, normal-slice false-positive rate, pixel AP of the map, CV, and the mask-free validation score that picks
+``best``. One JSON line per evaluation on stdout (and appended to ``--out``). Masks are read only for scoring,
+never for training.
 
     python benchmarks/gan_sweep.py data/manifest.csv clf --set gan.lambda_tv=0.01 --eval-at 200,400,800
     python benchmarks/gan_sweep.py data/manifest.csv clf --device cuda --name tv01 --out sweep.jsonl ...
