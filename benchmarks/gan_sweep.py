@@ -26,7 +26,8 @@ import yaml
 from coinseg.config import profile_settings, settings_from_dict, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import load_mask
-from coinseg.evaluation.metrics import SegmentationTally, average_precision, counterfactual_validity, difference_map
+from coinseg.evaluation.metrics import counterfactual_validity, difference_map
+from coinseg.evaluation.runner import score_maps
 from coinseg.inference import to_original_size
 from coinseg.training.classifier import classifier_probs, load_classifier
 from coinseg.training.gan import GanTrainer
@@ -52,19 +53,9 @@ def score(trainer: GanTrainer, test: Any, gts: list[np.ndarray], threshold: floa
     cf = torch.from_numpy(x_cf)
     p_cf = classifier_probs(trainer.classifier, cf, trainer.fabric.device)
     maps = to_original_size(difference_map(test.images, cf), test.shapes)
-    tally = SegmentationTally()
-    for m, gt, label in zip(maps, gts, test.labels.tolist(), strict=True):
-        tally.add(m > threshold, gt, bool(label))
-    summary = tally.summary()
-    return {
-        "pooled_iou": summary["pooled_iou"],
-        "mean_dice": summary["mean_dice"],
-        "normal_fp_rate": summary["normal_fp_rate"],
-        "pixel_ap": average_precision(
-            np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() for g in gts])
-        ),
-        "cv": counterfactual_validity(p, p_cf),
-    }
+    summary, _ = score_maps(maps, gts, test.labels.numpy(), threshold)
+    keep = ("pooled_iou", "mean_dice", "normal_fp_rate", "pixel_ap")
+    return {**{k: summary[k] for k in keep}, "cv": counterfactual_validity(p, p_cf)}
 
 
 def main() -> None:
@@ -99,13 +90,14 @@ def main() -> None:
     trainer = GanTrainer(settings, classifier, fabric)
     generator = torch.Generator().manual_seed(settings.seed)
     name = args.name or (" ".join(args.sets) or "profile")
-    tic, step = time.perf_counter(), 0
+    seconds, step = 0.0, 0  # training time only, evaluations excluded
     for target in eval_at:
+        tic = time.perf_counter()
         while step < target:
             idx = torch.randint(len(data.train), (settings.gan.batch_size,), generator=generator)
             trainer.step(data.train.images[idx].to(fabric.device), step)
             step += 1
-        seconds = time.perf_counter() - tic
+        seconds += time.perf_counter() - tic
         row = {
             "name": name,
             "step": step,
@@ -118,7 +110,6 @@ def main() -> None:
         if args.out is not None:
             with args.out.open("a") as f:
                 f.write(line + "\n")
-        tic = time.perf_counter() - seconds  # evaluation time is not training time
 
 
 if __name__ == "__main__":

@@ -86,6 +86,26 @@ def _fid_scores(extractor: Any, x01: torch.Tensor, cf01: torch.Tensor, labels: n
     return {"fid_paired": paired, "fid_realism": realism}
 
 
+def score_maps(
+    maps: list[np.ndarray], gts: list[np.ndarray], labels: np.ndarray, cut: float, postprocess: bool = False
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Masks ``map > cut`` (H_i x W_i maps at each slice's resolution; abnormal slices post-processed when
+    ``postprocess``) scored against the boolean ``gts`` with slice ``labels`` (1 = abnormal).
+
+    Returns (the :class:`SegmentationTally` summary plus ``pixel_ap`` of the maps, the predicted masks).
+    """
+    tally = SegmentationTally()
+    masks = []
+    for m, gt, label in zip(maps, gts, labels, strict=True):
+        pred = m > cut
+        if postprocess and label == 1:
+            pred = clean_mask(pred)
+        tally.add(pred, gt, bool(label))
+        masks.append(pred)
+    ap = average_precision(np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() for g in gts]))
+    return {**tally.summary(), "pixel_ap": ap}, masks
+
+
 def evaluate(
     run_dir: Path,
     manifest: Path,
@@ -167,25 +187,9 @@ def evaluate(
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None}
                 if name == "rise":
                     entry["rise_masks"] = rise_masks
-            full = to_original_size(maps, shapes)
-            tally = SegmentationTally()
-            masks = []
-            for m, gt, label in zip(full, gts, labels, strict=True):
-                pred = m > cut
-                if postprocess and entry["kind"] == "counterfactual" and label == 1:
-                    pred = clean_mask(pred)
-                tally.add(pred, gt, bool(label))
-                masks.append(pred)
-            masks_by_method[name] = masks
-            summary = tally.summary()
-            ap = average_precision(np.concatenate([m.ravel() for m in full]), np.concatenate([g.ravel() for g in gts]))
-            entry.update(
-                threshold=cut,
-                postprocess=postprocess and entry["kind"] == "counterfactual",
-                pixel_ap=ap,
-                seconds_per_slice=seconds / max(len(x), 1),
-                **summary,
-            )
+            cleaned = postprocess and entry["kind"] == "counterfactual"
+            summary, masks_by_method[name] = score_maps(to_original_size(maps, shapes), gts, labels, cut, cleaned)
+            entry.update(threshold=cut, postprocess=cleaned, seconds_per_slice=seconds / max(len(x), 1), **summary)
             results[name] = entry
             progress.advance(task)
 

@@ -209,16 +209,16 @@ class GanTrainer:
         x_cf, p = self.counterfactuals(data.images)
         cf = torch.from_numpy(x_cf)
         p_cf = classifier_probs(self.classifier, cf, self.fabric.device)
-        p_scored = classifier_probs(
-            self.classifier, scaled_edit(data.images, cf, self.cfg.kl_edit_scale), self.fabric.device
-        )
+        scored = scaled_edit(data.images, cf, self.cfg.kl_edit_scale)
+        p_scored = p_cf if scored is cf else classifier_probs(self.classifier, scored, self.fabric.device)
         _, _, t = conditions(torch.from_numpy(p), self.cfg)
         kl = float(losses.bernoulli_kl(t, torch.from_numpy(p_scored)))
-        change = (cf - data.images).abs().mean(dim=(1, 2, 3)).numpy()
+        diff = difference_map(data.images, cf)  # |x - x_cf| / 2
+        change = (2 * diff).mean(dim=(1, 2, 3)).numpy()
         tv = float(losses.total_variation(data.images, cf))
         normal = p < 0.5
         score = self.cfg.lambda_kl * kl + self.cfg.lambda_rec * float(change.mean()) + self.cfg.lambda_tv * tv
-        peaks = difference_map(data.images, cf).amax(dim=(1, 2, 3)).numpy()
+        peaks = diff.amax(dim=(1, 2, 3)).numpy()
         labelled_normal = data.labels.numpy() == 0
         return {
             "score": score,
