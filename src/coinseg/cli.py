@@ -1,7 +1,8 @@
 """The ``coinseg`` command line: thin wrappers around the Python API (heavy imports inside commands).
 
-User errors (bad manifest, missing file, invalid option) print one line ``error: ...`` and exit with status 2;
-no traceback.
+User errors (:class:`coinseg.errors.CoinsegError`: bad manifest, missing file, invalid option, a folder coinseg
+may not write into) print one line ``error: ...`` and exit with status 2; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from coinseg.config import DeviceChoice, Method, Precision, Profile
+from coinseg.registry import methods_help, parse_methods
 
 app = typer.Typer(
     help="Weakly supervised lesion segmentation in CT by counterfactual inpainting (COIN).",
@@ -40,24 +42,11 @@ def user_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from coinseg.config import ConfigError
-        from coinseg.data.manifest import ManifestError
-        from coinseg.io.images import ImageReadError
-        from coinseg.training.runtime import RunError
+        from coinseg.errors import CoinsegError
 
         try:
             return func(*args, **kwargs)
-        except (
-            ManifestError,
-            ConfigError,
-            ImageReadError,
-            RunError,
-            FileExistsError,
-            FileNotFoundError,
-        ) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except ValueError as exc:
+        except (CoinsegError, FileExistsError, FileNotFoundError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
@@ -83,7 +72,7 @@ def synth(
 ) -> None:
     """Write the built-in synthetic CT data set: phantom slices with the paper's kidney anomalies."""
     from coinseg.data.synth import synthesize
-    from coinseg.training.runtime import progress_bar
+    from coinseg.runtime.console import progress_bar
 
     with progress_bar("synth", n_slices) as (progress, task):
         manifest = synthesize(out_dir, n_slices, size, seed, lambda n: progress.advance(task, n))
@@ -165,9 +154,7 @@ def evaluate(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV with lesion masks")],
     out: Annotated[Path, typer.Option("--out", help="report folder (must not exist or be empty)")],
     split: Annotated[str, typer.Option(help="manifest split to score")] = "test",
-    methods: Annotated[
-        str, typer.Option(help="comma-separated: coin,singla,rise,scorecam,layercam,gradcam,gradcampp")
-    ] = "coin",
+    methods: Annotated[str, typer.Option(help=methods_help())] = "coin",
     singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
     threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "0.25",
     saliency_threshold: Annotated[float, typer.Option(help="attribution maps: mask = map > threshold")] = 0.975,
@@ -180,21 +167,20 @@ def evaluate(
 ) -> None:
     """Score methods on the same frozen slices: metrics.json, report.md, report.html, figures."""
     from coinseg.evaluation.runner import evaluate as run_evaluate
-    from coinseg.evaluation.runner import parse_methods
 
     metrics = run_evaluate(
         model_run_dir,
         manifest,
         out,
         parse_methods(methods),
-        split,
-        threshold,
-        saliency_threshold,
-        postprocess,
-        device.value,
-        singla_run,
-        rise_masks,
-        max_slices,
+        split=split,
+        threshold=threshold,
+        saliency_threshold=saliency_threshold,
+        postprocess=postprocess,
+        device=device,
+        singla_run=singla_run,
+        rise_masks=rise_masks,
+        max_slices=max_slices,
     )
     _print_table(metrics)
     typer.echo(str(out / "report.html"))
@@ -226,3 +212,4 @@ def demo(
     from coinseg.demo import run_demo
 
     run_demo(out, profile, device, seed)
+    typer.echo(str(out / "report" / "report.html"))

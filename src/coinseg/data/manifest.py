@@ -13,13 +13,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from coinseg.errors import CoinsegError
 from coinseg.io.images import ImageReadError, read_image, suffix_of
 
 SPLITS = ("train", "val", "test")
 REQUIRED = ("image", "label")
 
 
-class ManifestError(ValueError):
+class ManifestError(CoinsegError):
     """The manifest is invalid; the message names the file, the row and the path."""
 
 

@@ -65,7 +65,10 @@ def intensity_of(entries: list[Entry], manifest: Path) -> str:
 def compute_window(train: list[Entry], percentiles: list[float], seed: int = 0) -> tuple[float, float]:
     """Fingerprint window of the training entries (organ masks used when the manifest gives them)."""
     samples = ((read_entry(e), read_entry(e, e.organ) > 0 if e.organ is not None else None) for e in train)
-    return fingerprint_window(samples, (percentiles[0], percentiles[1]), seed)
+    try:
+        return fingerprint_window(samples, (percentiles[0], percentiles[1]), seed)
+    except ValueError as exc:
+        raise ManifestError(f"{train[0].source} and the other training rows: {exc}") from None
 
 
 def resize(batch: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:

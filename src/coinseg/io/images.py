@@ -10,13 +10,14 @@ inverts that exactly, so masks are written with the input's own affine and shape
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from coinseg.errors import CoinsegError
+from coinseg.io.files import atomic_file
 
 Intensity = Literal["hu", "unit"]
 
@@ -24,7 +25,7 @@ SLICE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 GREY_SUFFIXES = (".png", ".tif", ".tiff")  # already-windowed grey values; every other input is HU
 
 
-class ImageReadError(ValueError):
+class ImageReadError(CoinsegError):
     """An image cannot be read or has an unexpected shape; the message names the file."""
 
 
@@ -220,22 +221,12 @@ def slices_to_volume(slices: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(nib.orientations.apply_orientation(ras, back))
 
 
-def _atomic_target(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_png_mask(mask: np.ndarray, path: Path) -> None:
     """Write a bool H x W mask as an 8-bit PNG with values 0/255 (atomically)."""
     from PIL import Image as PILImage
 
-    tmp = _atomic_target(path)
-    try:
+    with atomic_file(path) as tmp:
         PILImage.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_nifti_mask(slices: np.ndarray, image: Image, path: Path) -> None:
@@ -245,10 +236,5 @@ def write_nifti_mask(slices: np.ndarray, image: Image, path: Path) -> None:
     if image.affine is None or image.shape is None:
         raise ValueError("a NIfTI mask needs the source image's affine and shape")
     data = slices_to_volume(slices.astype(np.uint8), image.affine).reshape(image.shape)
-    tmp = _atomic_target(path)
-    try:
-        nib.save(nib.Nifti1Image(data, image.affine), str(tmp) + ".nii.gz")
-        os.replace(str(tmp) + ".nii.gz", path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(str(tmp) + ".nii.gz").unlink(missing_ok=True)
+    with atomic_file(path, ".nii.gz") as tmp:
+        nib.save(nib.Nifti1Image(data, image.affine), tmp)

@@ -11,9 +11,10 @@ import base64
 import html
 import json
 import mimetypes
-import os
 from pathlib import Path
 from typing import Any
+
+from coinseg.io.files import write_text
 
 MISSING = "–"
 
@@ -208,15 +209,6 @@ def _html(
     return "\n".join(parts) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(metrics: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``report.md`` and a self-contained ``report.html`` into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
@@ -226,6 +218,6 @@ def write_report(metrics: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     notes = _notes(metrics) + missing
     md_path = out_dir / "report.md"
     html_path = out_dir / "report.html"
-    _write_atomic(md_path, _markdown(metrics, rows, figures, notes))
-    _write_atomic(html_path, _html(metrics, rows, figures, notes))
+    write_text(md_path, _markdown(metrics, rows, figures, notes))
+    write_text(html_path, _html(metrics, rows, figures, notes))
     return md_path, html_path
