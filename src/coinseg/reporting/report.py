@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import mimetypes
 from pathlib import Path
 from typing import Any
@@ -53,18 +52,6 @@ figure { margin: 1em 0; } figure img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
 p.legend { font-size: 0.9em; color: #444; }
 """
-
-
-def load_metrics(path: Path) -> dict[str, Any]:
-    """Read a metrics.json; a ValueError naming the file if it is not a JSON object."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _format(value: Any, fmt: str) -> str:
