@@ -168,7 +168,7 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
     lesion_mm2 = lesion.sum(axis=others) * in_plane_area_mm2(affine, slice_axis) if lesion is not None else None
     labels, counts = slice_labels(
         data.shape[slice_axis],
-        region.any(axis=others) if region is not None else None,
+        np.asarray(region.any(axis=others)) if region is not None else None,
         lesion_mm2,
         options.min_lesion_mm2,
         case.label if lesion is None else None,

@@ -92,7 +92,7 @@ def read_series(folder: Path, series_uid: str | None = None) -> DicomSeries:
     affine[:3, 2] = normal * dz
     affine[:3, 3] = slices[0][1]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS world (DICOM) -> RAS world (NIfTI)
-    pixels = []
+    pixels: list[np.ndarray] = []
     for file, _ in slices:
         try:
             ds = pydicom.dcmread(file)

@@ -20,7 +20,7 @@ from torch import nn
 
 from coinseg.config import DeviceChoice, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
-from coinseg.data.slices import SliceSet
+from coinseg.data.slices import LazySlices, SliceSet
 from coinseg.evaluation.metrics import accuracy_auroc
 from coinseg.models.classifier import build_classifier
 from coinseg.training.augment import augment
@@ -37,7 +37,9 @@ from coinseg.training.runtime import (
 
 
 @torch.no_grad()
-def classifier_probs(model: nn.Module, images: torch.Tensor, device: torch.device, batch: int = 256) -> np.ndarray:
+def classifier_probs(
+    model: nn.Module, images: torch.Tensor | LazySlices, device: torch.device, batch: int = 256
+) -> np.ndarray:
     """P(abnormal) for N x 1 x S x S images in [-1, 1] -> float array of N values in [0, 1] (eval mode)."""
     was_training = model.training
     model.eval()
