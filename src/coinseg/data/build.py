@@ -280,7 +280,7 @@ def _run(job: tuple[Case, PrepareOptions, Path]) -> CaseResult | str:
     case, options, dataset_dir = job
     try:
         return process_case(case, options, dataset_dir)
-    except (StudyError, ImageReadError, ValueError) as exc:
+    except (StudyError, ImageReadError) as exc:
         folder = case_folder(dataset_dir, case.name)
         if folder.exists():
             import shutil
@@ -317,6 +317,9 @@ def prepare_study(
     ``on_error=fail``; with ``skip`` the case is left out and named in the log)."""
     if not 0.0 <= options.inject_p <= 1.0:
         raise StudyError(f"--inject-p {options.inject_p}: expected a probability in [0, 1]")
+    for name, value in (("--spacing-mm", options.spacing_mm), ("--blob-mm", options.blob_mm)):
+        if value is not None and not value > 0:
+            raise StudyError(f"{name} {value}: expected a positive number of millimetres")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise StudyError(f"--out {out}: must not be inside the study {source} (inputs are never written to)")
     layout, cases = discover(

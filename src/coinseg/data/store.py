@@ -6,8 +6,8 @@ Layout of a DATASET_DIR::
     prepare.log             what was kept, excluded, injected, skipped, and the split of every case
     prepare.json            the same counts, machine-readable
     store/<case>/image.npy      N x H x W int16, HU (rounded to 1 HU), the stored slices of one scan
-    store/<case>/lesion.npy     N x H x W bool, lesion ground truth (real or injected), evaluation only
-    store/<case>/organ.npy      N x H x W bool, organ mask (absent when no organ was given)
+    store/<case>/lesion.npy     N x H x W uint8 0/1, lesion ground truth (real or injected), evaluation only
+    store/<case>/organ.npy      N x H x W uint8 0/1, organ mask (absent when no organ was given)
     store/<case>/geometry.json  :class:`coinseg.data.roi.CaseGeometry` as JSON
 
 ``slice`` in the manifest indexes the first axis of these arrays (the stored slice ``n``); which source plane
@@ -42,7 +42,7 @@ MANIFEST_COLUMNS = ("image", "label", "split", "slice", "case", "mask", "organ")
 
 @dataclass
 class StoredCase:
-    """One case of a store: ``image`` N x H x W int16 HU, ``lesion``/``organ`` N x H x W bool (organ may be
+    """One case of a store: ``image`` N x H x W int16 HU, ``lesion``/``organ`` N x H x W uint8 0/1 (organ may be
     None), all memory-mapped read-only; ``geometry`` maps them back to the source scan."""
 
     image: np.ndarray
@@ -67,9 +67,9 @@ def write_case(
     folder = case_folder(dataset_dir, geometry.case)
     folder.mkdir(parents=True, exist_ok=False)
     np.save(folder / "image.npy", to_stored_hu(image_hu))
-    np.save(folder / "lesion.npy", np.asarray(lesion, dtype=bool))
+    np.save(folder / "lesion.npy", np.asarray(lesion, dtype=np.uint8))
     if organ is not None:
-        np.save(folder / "organ.npy", np.asarray(organ, dtype=bool))
+        np.save(folder / "organ.npy", np.asarray(organ, dtype=np.uint8))
     (folder / "geometry.json").write_text(json.dumps(geometry.to_json(), indent=1))
     return folder
 
