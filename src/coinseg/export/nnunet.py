@@ -17,12 +17,13 @@ existing non-empty ``out`` is refused, and nothing is ever written next to the i
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,17 @@ def export_nnunet(cases: Iterable[NnunetCase], out: Path, link: bool = False) ->
     return out
 
 
+def _load_nifti(path: Path, case: str) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The NIfTI header and lazy data of ``path`` (ExportError naming the case and file otherwise)."""
+    try:
+        img = nib.load(path)
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise ExportError(f"case {case}: {path}: unreadable NIfTI ({exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ExportError(f"case {case}: {path}: not a NIfTI image")
+    return img
+
+
 def _write_case(case: NnunetCase, root: Path, link: bool, seen: set[str]) -> None:
     if not _CASE_ID.fullmatch(case.case):
         raise ExportError(f"case {case.case!r}: ids may hold only letters, digits, '_', '.', '-'")
@@ -145,11 +157,7 @@ def _write_case(case: NnunetCase, root: Path, link: bool, seen: set[str]) -> Non
     name = image.name.lower()
     if not (name.endswith(".nii.gz") or name.endswith(".nii")):
         raise ExportError(f"case {case.case}: {image}: the CT must be a NIfTI volume (.nii.gz or .nii)")
-    try:
-        img = nib.load(image)
-    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise ExportError(f"case {case.case}: {image}: unreadable NIfTI ({exc})") from None
-    assert isinstance(img, nib.Nifti1Image | nib.Nifti2Image)
+    img = _load_nifti(image, case.case)
     mask = np.asarray(case.mask, dtype=bool)
     if len(img.shape) != 3 or mask.shape != img.shape:
         raise ExportError(f"case {case.case}: mask shape {mask.shape} differs from {image} shape {img.shape}")
@@ -178,3 +186,86 @@ def _write_case(case: NnunetCase, root: Path, link: bool, seen: set[str]) -> Non
     label.set_sform(img.affine, code=int(img.header["sform_code"]))
     nib.save(label, root / "labelsTr" / f"{case.case}{FILE_ENDING}")
     seen.add(case.case)
+
+
+def _case_of(image: Path) -> str:
+    name = image.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else image.stem
+
+
+def _ct_paths(cases_csv: Path) -> dict[str, Path]:
+    """``{case: CT path}`` from a CSV with an ``image`` column (NIfTI volumes, relative to the CSV's folder)
+    and an optional ``case`` column (default: the image's file name without ``.nii``/``.nii.gz``). Rows whose
+    image is not NIfTI are skipped; one case may repeat over rows (one per slice) only with the same image."""
+    try:
+        with open(cases_csv, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ExportError(f"{cases_csv}: unreadable CSV ({exc})") from None
+    if "image" not in fields:
+        raise ExportError(f"{cases_csv}: no 'image' column (columns: {fields})")
+    paths: dict[str, Path] = {}
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        cell = (row.get("image") or "").strip()
+        if not cell.lower().endswith((".nii", ".nii.gz")):
+            continue
+        image = (cases_csv.parent / cell).resolve()
+        case = (row.get("case") or "").strip() or _case_of(image)
+        if paths.setdefault(case, image) != image:
+            raise ExportError(
+                f"{cases_csv} row {number}: case {case} names {cell}, but an earlier row names {paths[case]}"
+            )
+    return paths
+
+
+def segment_out_cases(
+    segment_out: Path, cases_csv: Path, ignore_below: float | None = None
+) -> tuple[Iterator[NnunetCase], list[str]]:
+    """The cases of a ``segment`` output folder, for :func:`export_nnunet`.
+
+    Reads ``SEGMENT_OUT/masks/<case>.nii.gz`` (nonzero = lesion) and, with ``ignore_below``,
+    ``SEGMENT_OUT/maps/<case>.nii.gz`` (``|x - x_cf| / 2``); each case's CT comes from ``cases_csv`` (see
+    :func:`_ct_paths`; a folder means its ``manifest.csv``).
+
+    Returns:
+        ``(cases, unmasked)``: the cases in case order, each mask read only when the case is written; and the
+        CSV's cases that have no mask (not exported; the caller says how many).
+
+    Raises:
+        ExportError: no masks, a mask whose case the CSV does not name, a missing map.
+    """
+    if ignore_below is not None:
+        uncertain_voxels(np.zeros(1), ignore_below)  # validate the option before any work
+    masks_dir = Path(segment_out) / "masks"
+    masks = {_case_of(p): p for p in sorted(masks_dir.glob("*.nii.gz"))} if masks_dir.is_dir() else {}
+    if not masks:
+        raise ExportError(f"{masks_dir}: no per-volume masks (<case>.nii.gz) found")
+    csv_path = Path(cases_csv) / "manifest.csv" if Path(cases_csv).is_dir() else Path(cases_csv)
+    cts = _ct_paths(csv_path)
+    unknown = sorted(set(masks) - set(cts))
+    if unknown:
+        raise ExportError(
+            f"{csv_path}: names no NIfTI CT for case {unknown[0]} ({len(unknown)} such cases in {masks_dir})"
+        )
+    maps = {}
+    if ignore_below is not None:
+        for case in masks:
+            maps[case] = Path(segment_out) / "maps" / f"{case}.nii.gz"
+            if not maps[case].is_file():
+                raise ExportError(f"{maps[case]}: missing; --ignore-below needs the difference map of every case")
+
+    def load() -> Iterator[NnunetCase]:
+        for case, mask_path in masks.items():
+            mask_img = _load_nifti(mask_path, case)
+            mask = np.asarray(mask_img.dataobj) != 0
+            ignore = None
+            if ignore_below is not None:
+                diff = np.asarray(_load_nifti(maps[case], case).dataobj, dtype=np.float32)
+                if diff.shape != mask.shape:
+                    raise ExportError(f"{maps[case]}: shape {diff.shape} differs from its mask's {mask.shape}")
+                ignore = uncertain_voxels(diff, ignore_below)
+            yield NnunetCase(case, cts[case], mask, np.asarray(mask_img.affine), ignore)
+
+    return load(), sorted(set(cts) - set(masks))
