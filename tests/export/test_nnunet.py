@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -121,3 +122,20 @@ def test_export_passes_nnunet_integrity_check(tmp_path, capfd):
     printed = capfd.readouterr().out
     assert "verify_dataset_integrity Done" in printed
     assert "mismatch" not in printed.lower()  # origin / direction / affine warnings would say so
+
+
+SHARED_CT = Path("/work/shared/data/totalsegmentator-mini/s0001")
+
+
+@pytest.mark.skipif(not SHARED_CT.is_dir(), reason="shared TotalSegmentator fixture not present")
+def test_export_of_the_shared_real_ct_passes_nnunet_integrity_check(tmp_path, capfd):
+    verify = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity")
+    ct = nib.load(SHARED_CT / "ct.nii.gz")
+    kidney = np.asarray(nib.load(SHARED_CT / "segmentations" / "kidney_left.nii.gz").dataobj) > 0
+    case = NnunetCase("s0001", SHARED_CT / "ct.nii.gz", kidney, ct.affine)  # the kidney stands in for a mask
+    out = export_nnunet([case], tmp_path / "Dataset504_Real", link=True)
+    verify.verify_dataset_integrity(str(out), num_processes=1)
+    printed = capfd.readouterr().out
+    assert "verify_dataset_integrity Done" in printed and "mismatch" not in printed.lower()
+    label = nib.load(out / "labelsTr" / "s0001.nii.gz")
+    np.testing.assert_array_equal(np.argwhere(np.asarray(label.dataobj) == 1), np.argwhere(kidney))
