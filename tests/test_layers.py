@@ -34,6 +34,7 @@ FLOORS = {
     "coinseg.predictor": 4,
     "coinseg.inference": 5,
     "coinseg.evaluation.runner": 5,
+    "coinseg.export": 5,
     "coinseg.demo": 6,
     "coinseg.cli": 7,
 }

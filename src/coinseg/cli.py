@@ -292,3 +292,29 @@ def demo(
 
     run_demo(out, profile, device, seed)
     typer.echo(str(out / "report" / "report.html"))
+
+
+@app.command("export-nnunet")
+@user_errors
+def export_nnunet_cmd(
+    segment_out: Annotated[Path, typer.Argument(help="output folder of `coinseg segment` (masks/<case>.nii.gz)")],
+    cases: Annotated[
+        Path, typer.Argument(help="CSV (or folder with manifest.csv) naming each case's CT: image[,case] columns")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="nnUNet_raw/DatasetNNN_Name (must not exist or be empty)")],
+    copy: Annotated[bool, typer.Option("--copy/--link", help="copy the CT images, or symlink them")] = True,
+    ignore_below: Annotated[
+        float | None,
+        typer.Option(help="label 'ignore' where |x - x_cf| / 2 > T outside the mask (needs maps/<case>.nii.gz)"),
+    ] = None,
+) -> None:
+    """Write the per-volume masks as an nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json)."""
+    from coinseg.export.nnunet import export_nnunet, segment_out_cases
+
+    found, unmasked = segment_out_cases(segment_out, cases, ignore_below)
+    written = export_nnunet(found, out, link=not copy)
+    if unmasked:
+        typer.echo(
+            f"{len(unmasked)} case(s) of {cases} have no mask in {segment_out / 'masks'}: not exported", err=True
+        )
+    typer.echo(str(written))

@@ -1,0 +1,111 @@
+"""Per-volume lesion montage: the slices holding the most lesion, truth and prediction overlaid as in the
+paper's Figure 2 (true positive green, false positive red, false negative yellow, truth outlined in cyan; the
+colours of :func:`coinseg.reporting.figures.overlay`). Written atomically like every coinseg figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from coinseg.reporting.figures import DPI, _clear_axis, _save_png, overlay
+
+ABDOMEN_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400: the usual soft-tissue window for kidneys
+
+
+def montage_slices(pred: np.ndarray, truth: np.ndarray | None, n_slices: int, axis: int = 2) -> list[int]:
+    """The indices along ``axis`` of the slices to show, ascending.
+
+    Slices are ranked by true-lesion voxels, then by predicted voxels (so slices with only false positives
+    come after every slice with a true lesion); slices with neither are never chosen. Without any lesion or
+    prediction, the middle slice alone is returned.
+
+    Args:
+        pred: boolean ``I x J x K`` predicted mask.
+        truth: boolean ground truth of the same shape, or None.
+        n_slices: at most this many slices (>= 1).
+        axis: the slice axis (2: the file's third axis, axial for most NIfTI files).
+    """
+    if n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1, got {n_slices}")
+    p = np.asarray(pred, dtype=bool)
+    other = tuple(a for a in range(p.ndim) if a != axis)
+    pred_count = p.sum(axis=other)
+    true_count = np.zeros_like(pred_count) if truth is None else np.asarray(truth, dtype=bool).sum(axis=other)
+    candidates = np.flatnonzero((true_count > 0) | (pred_count > 0))
+    if candidates.size == 0:
+        return [p.shape[axis] // 2]
+    order = sorted(candidates.tolist(), key=lambda k: (-int(true_count[k]), -int(pred_count[k]), k))
+    return sorted(order[:n_slices])
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """Voxel plane (first axis = i, second = j) -> display orientation: j upward, i to the right."""
+    return np.rot90(plane)
+
+
+def lesion_montage(
+    ct: np.ndarray,
+    pred: np.ndarray,
+    truth: np.ndarray | None,
+    path: Path,
+    n_slices: int = 6,
+    axis: int = 2,
+    window_hu: tuple[float, float] = ABDOMEN_WINDOW_HU,
+    title: str | None = None,
+) -> Path:
+    """Write one volume's montage PNG: one panel per chosen slice (:func:`montage_slices`), labelled with its
+    index along ``axis`` in the file's stored order.
+
+    Args:
+        ct: ``I x J x K`` CT in HU (any float or int dtype).
+        pred: boolean predicted mask of the same shape.
+        truth: boolean ground truth of the same shape, or None (the prediction is then drawn red).
+        path: PNG to write (atomically).
+        n_slices: at most this many panels.
+        axis: slice axis.
+        window_hu: ``(low, high)`` grey window in HU.
+        title: optional figure title (e.g. the case id and its Dice).
+
+    Returns:
+        ``path``.
+    """
+    image = np.asarray(ct)
+    p = np.asarray(pred, dtype=bool)
+    t = None if truth is None else np.asarray(truth, dtype=bool)
+    if image.ndim != 3 or p.shape != image.shape or (t is not None and t.shape != image.shape):
+        shapes = (image.shape, p.shape, None if t is None else t.shape)
+        raise ValueError(f"lesion_montage: ct, pred and truth must be 3-D of one shape, got {shapes}")
+    low, high = window_hu
+    if not high > low:
+        raise ValueError(f"window_hu must be (low, high) with high > low, got {window_hu}")
+    chosen = montage_slices(p, t, n_slices, axis)
+
+    panels = []
+    for k in chosen:
+        grey = (np.take(image, k, axis=axis).astype(np.float64) - low) / (high - low)
+        pk = np.take(p, k, axis=axis)
+        tk = None if t is None else np.take(t, k, axis=axis)
+        panels.append(overlay(_display(grey), _display(pk), None if tk is None else _display(tk)))
+
+    cell_in = 2.4
+    title_in = 0.35 if title else 0.0
+    label_in = 0.25
+    fig = Figure(figsize=(cell_in * len(panels), cell_in + label_in + title_in), dpi=DPI)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    fig.subplots_adjust(
+        left=0.005,
+        right=0.995,
+        bottom=label_in / fig.get_figheight(),
+        top=1.0 - title_in / fig.get_figheight(),
+        wspace=0.03,
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    for ax, k, panel in zip(axes, chosen, panels, strict=True):
+        ax.imshow(panel, interpolation="nearest")
+        _clear_axis(ax)
+        ax.set_xlabel(f"slice {k}", fontsize=8)
+    return _save_png(fig, Path(path))
