@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from coinseg.config import DeviceChoice, Method, Precision, Profile
+from coinseg.evaluation.volume import MIN_LESION_MM3
 from coinseg.registry import methods_help, parse_methods
 
 app = typer.Typer(
@@ -211,19 +212,45 @@ def segment(
     model_run_dir: Annotated[Path, typer.Argument(help="run directory of `coinseg train`")],
     input: Annotated[
         Path,
-        typer.Argument(help="manifest CSV, image file, NIfTI volume, DICOM series folder or image folder"),
+        typer.Argument(
+            help="dataset folder of `coinseg prepare`, manifest CSV, image file, NIfTI volume, DICOM series folder "
+            "or image folder"
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder (must not exist or be empty)")],
-    split: Annotated[str, typer.Option(help="manifest split to segment, or 'all'")] = "test",
+    split: Annotated[str, typer.Option(help="manifest/dataset split to segment, or 'all'")] = "test",
     threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "0.25",
-    postprocess: Annotated[bool, typer.Option(help="3x3 opening, 3x3 closing, largest component")] = False,
+    postprocess: Annotated[
+        bool,
+        typer.Option(help="2-D: 3x3 opening, 3x3 closing, largest component; volumes: 3-D lesions >= --min-lesion-mm3"),
+    ] = False,
+    min_lesion_mm3: Annotated[
+        float, typer.Option(help="volumes with --postprocess: smallest lesion kept, mm^3 (a 5 mm sphere)")
+    ] = MIN_LESION_MM3,
+    save_maps: Annotated[bool, typer.Option(help="volumes: also write |x - x_cf| / 2 as float NIfTI (maps/)")] = False,
+    dicom_seg: Annotated[
+        bool, typer.Option(help="DICOM series input: also write a DICOM-SEG (needs coinseg[dicom-seg])")
+    ] = False,
     device: DeviceOpt = DeviceChoice.auto,
     batch_size: Annotated[int, typer.Option(help="slices per batch")] = 64,
 ) -> None:
-    """Write lesion masks (at the inputs' own resolution) and predictions.csv."""
+    """Write lesion masks (one per 2-D input, one NIfTI per volume or case) and predictions.csv."""
     from coinseg.inference import segment as run_segment
 
-    typer.echo(str(run_segment(model_run_dir, input, out, split, threshold, postprocess, device, batch_size)))
+    csv_path = run_segment(
+        model_run_dir,
+        input,
+        out,
+        split=split,
+        threshold=threshold,
+        postprocess=postprocess,
+        device=device,
+        batch_size=batch_size,
+        min_lesion_mm3=min_lesion_mm3,
+        save_maps=save_maps,
+        dicom_seg=dicom_seg,
+    )
+    typer.echo(str(csv_path))
 
 
 @app.command()

@@ -164,6 +164,7 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
     affine, data = image.affine, image.data
     slice_axis = display_axes(affine)[0]
     others = tuple(a for a in range(3) if a != slice_axis)
+    # the organ as stored includes its lesions (KiTS labels a tumour apart from the kidney that holds it)
     region = organ | lesion if organ is not None and lesion is not None else organ
     lesion_mm2 = lesion.sum(axis=others) * in_plane_area_mm2(affine, slice_axis) if lesion is not None else None
     labels, counts = slice_labels(
@@ -192,7 +193,7 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
         )
     geometry.slice_index = keep.tolist()
     stack = stored_images(data, geometry)
-    organ_stack = stored_masks(organ, geometry) if organ is not None else None
+    organ_stack = stored_masks(region, geometry) if region is not None else None
     lesion_stack = stored_masks(lesion, geometry) if lesion is not None else np.zeros(stack.shape, dtype=bool)
     stored_labels = labels[keep].astype(np.int8)
     if options.inject:

@@ -241,20 +241,27 @@ def paste_back(geometry: CaseGeometry, masks: np.ndarray) -> np.ndarray:
     it overlays the source file voxel for voxel. Each source voxel of a stored plane takes the stored pixel
     nearest its centre; everything else is False.
     """
-    masks = np.asarray(masks)
+    return paste_back_values(geometry, np.asarray(masks) != 0, False)
+
+
+def paste_back_values(geometry: CaseGeometry, values: np.ndarray, fill: float | bool = 0.0) -> np.ndarray:
+    """Stored-slice values (N x H x W, e.g. a float difference map) -> array of ``geometry.source_shape`` and
+    the values' dtype, by the same nearest-pixel rule as :func:`paste_back`; ``fill`` outside the stored planes
+    and the crop box."""
+    values = np.asarray(values)
     expected = (len(geometry.slice_index), *geometry.stored_shape)
-    if masks.shape != expected:
-        raise ValueError(f"{geometry.case}: masks of shape {masks.shape}, the store holds {expected}")
+    if values.shape != expected:
+        raise ValueError(f"{geometry.case}: stored arrays of shape {values.shape}, the store holds {expected}")
     n_slice, n_row, n_col = (
         geometry.source_shape[a] for a in (geometry.slice_axis, geometry.row_axis, geometry.col_axis)
     )
-    out = np.zeros((n_slice, n_row, n_col), dtype=bool)
+    out = np.full((n_slice, n_row, n_col), fill, dtype=values.dtype)
     src_rows, out_rows = _inverse(n_row, geometry.row_map, geometry.stored_shape[0])
     src_cols, out_cols = _inverse(n_col, geometry.col_map, geometry.stored_shape[1])
     index = np.asarray(geometry.slice_index, dtype=np.intp)
-    out[index[:, None, None], src_rows[None, :, None], src_cols[None, None, :]] = (
-        masks[:, out_rows[:, None], out_cols[None, :]] != 0
-    )
+    out[index[:, None, None], src_rows[None, :, None], src_cols[None, None, :]] = values[
+        :, out_rows[:, None], out_cols[None, :]
+    ]
     order = (geometry.slice_axis, geometry.row_axis, geometry.col_axis)
     return np.transpose(out, np.argsort(order))
 

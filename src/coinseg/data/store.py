@@ -7,7 +7,7 @@ Layout of a DATASET_DIR::
     prepare.json            the same counts, machine-readable
     store/<case>/image.npy      N x H x W int16, HU (rounded to 1 HU), the stored slices of one scan
     store/<case>/lesion.npy     N x H x W uint8 0/1, lesion ground truth (real or injected), evaluation only
-    store/<case>/organ.npy      N x H x W uint8 0/1, organ mask (absent when no organ was given)
+    store/<case>/organ.npy      N x H x W uint8 0/1, organ mask including its lesions (absent without an organ)
     store/<case>/geometry.json  :class:`coinseg.data.roi.CaseGeometry` as JSON
 
 ``slice`` in the manifest indexes the first axis of these arrays (the stored slice ``n``); which source plane

@@ -214,12 +214,18 @@ def write_png_mask(mask: np.ndarray, path: Path) -> None:
         PILImage.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
 
 
-def write_nifti_mask(slices: np.ndarray, image: Image, path: Path) -> None:
-    """Write a Z x H x W bool mask as uint8 NIfTI with the source image's affine and array shape (atomically)."""
+def to_source_volume(slices: np.ndarray, image: Image) -> np.ndarray:
+    """Z x H x W display slices of ``image`` (a volume) -> its source voxel array (shape ``image.shape``)."""
+    if image.affine is None or image.shape is None:
+        raise ValueError("mapping slices back to a volume needs the source image's affine and shape")
+    return slices_to_volume(slices, image.affine).reshape(image.shape)
+
+
+def write_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a voxel array (in its source file's stored order) with ``affine`` as NIfTI, atomically; bool arrays
+    are written as uint8 0/1."""
     import nibabel as nib
 
-    if image.affine is None or image.shape is None:
-        raise ValueError("a NIfTI mask needs the source image's affine and shape")
-    data = slices_to_volume(slices.astype(np.uint8), image.affine).reshape(image.shape)
+    data = volume.astype(np.uint8) if volume.dtype == bool else volume
     with atomic_file(path, ".nii.gz") as tmp:
-        nib.save(nib.Nifti1Image(data, image.affine), tmp)
+        nib.save(nib.Nifti1Image(data, affine), tmp)
