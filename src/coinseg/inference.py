@@ -53,7 +53,8 @@ from coinseg.io.images import (
 from coinseg.predictor import Predictor, load_predictor, parse_threshold
 from coinseg.runtime.console import progress_bar
 
-COLUMNS = ["image", "case", "prob", "prob_cf", "mask", "mask_pixels", "lesion_ml"]
+# the contract's five columns first (other tools read them by position too), then the volume columns
+COLUMNS = ["image", "prob", "prob_cf", "mask", "mask_pixels", "case", "lesion_ml"]
 
 
 @dataclass
