@@ -1,12 +1,17 @@
 """Per-volume lesion montage: the slices holding the most lesion, truth and prediction overlaid as in the
 paper's Figure 2 (true positive green, false positive red, false negative yellow, truth outlined in cyan; the
 colours of :func:`coinseg.reporting.figures.overlay`). Written atomically like every coinseg figure.
+
+With the volume's affine, panels are axial slices in the radiological convention (patient's right on the image's
+left, anterior up), whatever the file's voxel order; panel labels give the slice index along the file's own
+stored axis. Without it, panels show the stored planes along ``axis`` (first array axis to the right).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel.orientations as nio
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -46,6 +51,19 @@ def _display(plane: np.ndarray) -> np.ndarray:
     return np.rot90(plane)
 
 
+def _to_ras(arrays: list[np.ndarray], affine: np.ndarray) -> tuple[list[np.ndarray], int, bool]:
+    """Reorder arrays to the closest RAS voxel order, then flip the first axis (right on the image's left).
+
+    Returns:
+        ``(arrays, stored_axis, reversed)``: the stored axis that became the superior axis, and whether its
+        index runs backwards (so the stored index of display slice k is ``K - 1 - k``).
+    """
+    ornt = nio.io_orientation(np.asarray(affine, dtype=np.float64))
+    out = [nio.apply_orientation(a, ornt)[::-1] for a in arrays]
+    stored_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    return out, stored_axis, bool(ornt[stored_axis, 1] < 0)
+
+
 def lesion_montage(
     ct: np.ndarray,
     pred: np.ndarray,
@@ -55,6 +73,7 @@ def lesion_montage(
     axis: int = 2,
     window_hu: tuple[float, float] = ABDOMEN_WINDOW_HU,
     title: str | None = None,
+    affine: np.ndarray | None = None,
 ) -> Path:
     """Write one volume's montage PNG: one panel per chosen slice (:func:`montage_slices`), labelled with its
     index along ``axis`` in the file's stored order.
@@ -68,6 +87,8 @@ def lesion_montage(
         axis: slice axis.
         window_hu: ``(low, high)`` grey window in HU.
         title: optional figure title (e.g. the case id and its Dice).
+        affine: the volume's ``4 x 4`` voxel-to-world (RAS mm) affine; given, panels are radiological axial
+            slices and ``axis`` is ignored (see the module docstring).
 
     Returns:
         ``path``.
@@ -81,7 +102,13 @@ def lesion_montage(
     low, high = window_hu
     if not high > low:
         raise ValueError(f"window_hu must be (low, high) with high > low, got {window_hu}")
+    stored_axis, backwards = axis, False
+    if affine is not None:
+        arrays, stored_axis, backwards = _to_ras([image, p] + ([] if t is None else [t]), affine)
+        image, p, t = arrays[0], arrays[1], (None if t is None else arrays[2])
+        axis = 2
     chosen = montage_slices(p, t, n_slices, axis)
+    depth = p.shape[axis]
 
     panels = []
     for k in chosen:
@@ -107,5 +134,5 @@ def lesion_montage(
     for ax, k, panel in zip(axes, chosen, panels, strict=True):
         ax.imshow(panel, interpolation="nearest")
         _clear_axis(ax)
-        ax.set_xlabel(f"slice {k}", fontsize=8)
+        ax.set_xlabel(f"slice {depth - 1 - k if backwards else k} (axis {stored_axis})", fontsize=8)
     return _save_png(fig, Path(path))
