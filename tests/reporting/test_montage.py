@@ -35,7 +35,7 @@ def _blend(colour):
 
 def test_montage_png_shows_tp_fp_fn_where_they_are(tmp_path):
     ct, pred, truth = _case()
-    path = lesion_montage(ct, pred, truth, tmp_path / "case" / "montage.png", n_slices=1)
+    path = lesion_montage(ct, pred, truth, tmp_path / "case" / "montage.png", n_slices=1, crop=False)
     assert sorted(p.name for p in path.parent.iterdir()) == ["montage.png"]  # no temporary file left
     png = np.asarray(Image.open(path).convert("RGB")).astype(int)
     # the panel is the only non-white area apart from the slice label below it
@@ -100,7 +100,7 @@ def test_montage_is_radiological_whatever_the_voxel_order(tmp_path):
 
 def test_montage_puts_the_patients_right_on_the_left(tmp_path):
     ct, pred, truth, ras = _ras_case()
-    png = _panel_pixels(lesion_montage(ct, pred, truth, tmp_path / "m.png", n_slices=1, affine=ras))
+    png = _panel_pixels(lesion_montage(ct, pred, truth, tmp_path / "m.png", n_slices=1, affine=ras, crop=False))
     bright = np.argwhere(png.min(axis=-1) > 200)  # the marker (white), not the background (also white)...
     dark = np.argwhere(png.sum(axis=-1) < 3 * 250)
     left, right = dark[:, 1].min(), dark[:, 1].max()
@@ -120,3 +120,20 @@ def test_stored_slice_index_is_recovered_for_labels():
     (ras,), axis, backwards = _to_ras([volume.transpose(2, 0, 1)], slice_first)
     assert (axis, backwards) == (0, False)
     np.testing.assert_array_equal(ras, volume[::-1])
+
+
+def test_crop_is_one_square_around_all_lesions():
+    from coinseg.reporting.montage import _lesion_box
+
+    pred = np.zeros((100, 80), bool)
+    pred[40:44, 30:34] = True
+    truth = np.zeros_like(pred)
+    truth[50:52, 36:40] = True
+    rows, cols = _lesion_box([pred], [truth])
+    assert rows.stop - rows.start == cols.stop - cols.start == 2 * 16  # lesions span 12 x 10: the 16 minimum
+    assert rows.start <= 40 and rows.stop >= 52 and cols.start <= 30 and cols.stop >= 40
+    edge = np.zeros_like(pred)
+    edge[0:3, 78:80] = True  # a lesion at the corner: the square is shifted inside the image
+    rows, cols = _lesion_box([edge], [None])
+    assert (rows.start, cols.stop) == (0, 80) and rows.stop - rows.start == cols.stop - cols.start == 32
+    assert _lesion_box([np.zeros_like(pred)], [None]) is None
