@@ -59,12 +59,11 @@ def _lesion_box(preds: list[np.ndarray], truths: list[np.ndarray | None]) -> tup
     if not union.any():
         return None
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
-    centre = ((rows[0] + rows[-1]) / 2.0, (cols[0] + cols[-1]) / 2.0)
-    half = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, 16)  # half-width = the box size: margin of one box
+    half = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, 16))  # half-width = the box size
     box = []
-    for c, n in zip(centre, union.shape, strict=True):
-        start = int(max(0, min(round(c - half), n - 2 * half)))
-        box.append(slice(start, min(n, start + 2 * half)))
+    for first, last, n in ((rows[0], rows[-1], union.shape[0]), (cols[0], cols[-1], union.shape[1])):
+        start = int(max(0, min(round((first + last) / 2.0 - half), n - 2 * half)))
+        box.append(slice(start, min(int(n), start + 2 * half)))
     return box[0], box[1]
 
 
