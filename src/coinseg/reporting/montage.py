@@ -61,9 +61,10 @@ def _lesion_box(preds: list[np.ndarray], truths: list[np.ndarray | None]) -> tup
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     half = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, 16))  # half-width = the box size
     box = []
-    for first, last, n in ((rows[0], rows[-1], union.shape[0]), (cols[0], cols[-1], union.shape[1])):
+    shape = tuple(int(v) for v in union.shape)
+    for first, last, n in ((rows[0], rows[-1], shape[0]), (cols[0], cols[-1], shape[1])):
         start = int(max(0, min(round((first + last) / 2.0 - half), n - 2 * half)))
-        box.append(slice(start, min(int(n), start + 2 * half)))
+        box.append(slice(start, min(n, start + 2 * half)))
     return box[0], box[1]
 
 
