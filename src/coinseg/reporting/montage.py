@@ -53,7 +53,8 @@ def _display(plane: np.ndarray) -> np.ndarray:
 def _lesion_box(preds: list[np.ndarray], truths: list[np.ndarray | None]) -> tuple[slice, slice] | None:
     """A square crop of the display planes around every predicted or true voxel of the chosen slices, with a
     margin of the box's own size (at least 16 pixels) so the organ around stays visible; None without lesion."""
-    union = np.zeros(preds[0].shape, dtype=bool)
+    shape: tuple[int, ...] = tuple(preds[0].shape)
+    union = np.zeros(shape, dtype=bool)
     for pk, tk in zip(preds, truths, strict=True):
         union |= pk if tk is None else (pk | tk)
     if not union.any():
@@ -61,7 +62,6 @@ def _lesion_box(preds: list[np.ndarray], truths: list[np.ndarray | None]) -> tup
     rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     half = int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1, 16))  # half-width = the box size
     box = []
-    shape = tuple(int(v) for v in union.shape)
     for first, last, n in ((rows[0], rows[-1], shape[0]), (cols[0], cols[-1], shape[1])):
         start = int(max(0, min(round((first + last) / 2.0 - half), n - 2 * half)))
         box.append(slice(start, min(n, start + 2 * half)))
