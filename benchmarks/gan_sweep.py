@@ -28,10 +28,10 @@ from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import load_mask
 from coinseg.evaluation.metrics import counterfactual_validity, difference_map
 from coinseg.evaluation.runner import score_maps
-from coinseg.inference import to_original_size
-from coinseg.training.classifier import classifier_probs, load_classifier
+from coinseg.method import load_classifier, probs
+from coinseg.predictor import to_original_size
+from coinseg.runtime.device import make_fabric
 from coinseg.training.gan import GanTrainer
-from coinseg.training.runtime import make_fabric
 
 
 def override(settings: Any, assignments: list[str]) -> Any:
@@ -51,7 +51,7 @@ def score(trainer: GanTrainer, test: Any, gts: list[np.ndarray], threshold: floa
     """Pooled IoU etc. of the trainer's inference weights on the test slices (maps at original size)."""
     x_cf, p = trainer.counterfactuals(test.images)
     cf = torch.from_numpy(x_cf)
-    p_cf = classifier_probs(trainer.classifier, cf, trainer.fabric.device)
+    p_cf = probs(trainer.classifier, cf, trainer.fabric.device)
     maps = to_original_size(difference_map(test.images, cf), test.shapes)
     summary, _ = score_maps(maps, gts, test.labels.numpy(), threshold)
     keep = ("pooled_iou", "mean_dice", "normal_fp_rate", "pixel_ap")

@@ -17,8 +17,8 @@ import torch
 
 from coinseg.config import Precision, profile_settings
 from coinseg.models.classifier import build_classifier
+from coinseg.runtime.device import make_fabric
 from coinseg.training.gan import GanTrainer
-from coinseg.training.runtime import make_fabric
 
 
 def main() -> None:

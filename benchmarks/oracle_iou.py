@@ -24,8 +24,8 @@ import torch
 from coinseg.data.normalise import normalise
 from coinseg.data.phantom import make_phantom
 from coinseg.data.slices import resize
-from coinseg.inference import to_original_size
-from coinseg.training.classifier import load_classifier
+from coinseg.method import load_classifier
+from coinseg.predictor import to_original_size
 
 
 def main() -> None:

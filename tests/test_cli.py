@@ -13,6 +13,7 @@ from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from coinseg.cli import app
+from coinseg.errors import RunError
 
 runner = CliRunner()
 
@@ -107,9 +108,9 @@ def test_segment_nifti_volume_keeps_geometry(coin_run: Path, tmp_path: Path) -> 
 
 def test_identity_generator_gives_empty_masks(coin_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     """With a zero residual (g = 0) the default fusion returns x exactly, so the mask is empty."""
-    from coinseg.inference import load_model
+    from coinseg.predictor import load_predictor
 
-    model = load_model(coin_run, "cpu")
+    model = load_predictor(coin_run, "cpu")
     head = model.maps.inpainter.generator.head[-1]
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
@@ -173,7 +174,7 @@ def test_evaluate_compares_methods_on_the_same_slices(
 
 
 def test_threshold_auto_uses_the_calibrated_noise_floor(coin_run: Path, tiny_data: Path, tmp_path: Path) -> None:
-    from coinseg.training.runtime import load_checkpoint
+    from coinseg.runtime.checkpoint import load_checkpoint
 
     floor = load_checkpoint(coin_run / "checkpoints" / "best.pt")["auto_threshold"]
     assert 0.0 <= floor < 1.0
@@ -188,10 +189,10 @@ def test_threshold_auto_uses_the_calibrated_noise_floor(coin_run: Path, tiny_dat
 
 
 def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> None:
-    from coinseg.inference import load_model
+    from coinseg.predictor import load_predictor
 
-    model = load_model(coin_run, "cpu")
+    model = load_predictor(coin_run, "cpu")
     model.auto_threshold = None
-    with pytest.raises(ValueError, match="no calibrated threshold"):
+    with pytest.raises(RunError, match="no calibrated threshold"):
         model.threshold(None)
     assert model.threshold(0.3) == 0.3

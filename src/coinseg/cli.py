@@ -1,7 +1,8 @@
 """The ``coinseg`` command line: thin wrappers around the Python API (heavy imports inside commands).
 
-User errors (bad manifest, missing file, invalid option) print one line ``error: ...`` and exit with status 2;
-no traceback.
+User errors (:class:`coinseg.errors.CoinsegError`: bad manifest, missing file, invalid option, a folder coinseg
+may not write into) print one line ``error: ...`` and exit with status 2; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from coinseg.config import DeviceChoice, Method, Precision, Profile
+from coinseg.registry import methods_help, parse_methods
 
 app = typer.Typer(
     help="Weakly supervised lesion segmentation in CT by counterfactual inpainting (COIN).",
@@ -40,24 +42,11 @@ def user_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from coinseg.config import ConfigError
-        from coinseg.data.manifest import ManifestError
-        from coinseg.io.images import ImageReadError
-        from coinseg.training.runtime import RunError
+        from coinseg.errors import CoinsegError
 
         try:
             return func(*args, **kwargs)
-        except (
-            ManifestError,
-            ConfigError,
-            ImageReadError,
-            RunError,
-            FileExistsError,
-            FileNotFoundError,
-        ) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except ValueError as exc:
+        except (CoinsegError, FileExistsError, FileNotFoundError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
@@ -83,11 +72,90 @@ def synth(
 ) -> None:
     """Write the built-in synthetic CT data set: phantom slices with the paper's kidney anomalies."""
     from coinseg.data.synth import synthesize
-    from coinseg.training.runtime import progress_bar
+    from coinseg.runtime.console import progress_bar
 
     with progress_bar("synth", n_slices) as (progress, task):
         manifest = synthesize(out_dir, n_slices, size, seed, lambda n: progress.advance(task, n))
     typer.echo(str(manifest))
+
+
+def _ids(text: str | None, option: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated integers", param_hint=option) from None
+
+
+@app.command()
+@user_errors
+def prepare(
+    source: Annotated[
+        Path, typer.Argument(help="study folder (TotalSegmentator, KiTS, nnU-Net raw) or a CSV of volumes")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="dataset folder to create (must not exist or be empty)")],
+    layout: Annotated[str, typer.Option(help="auto, totalsegmentator, kits, nnunet or csv")] = "auto",
+    organ: Annotated[
+        str | None, typer.Option(help="organ structure/label names, e.g. kidney_left,kidney_right")
+    ] = None,
+    organ_labels: Annotated[str | None, typer.Option(help="organ label ids in the segmentation, e.g. 1,3")] = None,
+    lesion_labels: Annotated[str | None, typer.Option(help="lesion label ids in the segmentation, e.g. 2")] = None,
+    inject: Annotated[bool, typer.Option(help="inject the paper's synthetic anomaly into the organ")] = False,
+    inject_p: Annotated[float, typer.Option(help="fraction of eligible slices that get an anomaly")] = 0.65,
+    blob_mm: Annotated[float, typer.Option(help="anomaly template size in mm (paper: 20 px at ~1.5 mm)")] = 30.0,
+    roi: Annotated[bool, typer.Option("--roi/--full-slice", help="crop around the organ, or keep whole slices")] = True,
+    margin_mm: Annotated[float, typer.Option(help="ROI margin around the organ, mm")] = 10.0,
+    spacing_mm: Annotated[
+        float | None,
+        typer.Option(help="in-plane spacing of stored slices, mm (default: 1 with --roi, source with --full-slice)"),
+    ] = None,
+    min_lesion_mm2: Annotated[float, typer.Option(help="lesion area that makes a slice abnormal, mm^2")] = 25.0,
+    series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID when a folder holds several")] = None,
+    workers: Annotated[int, typer.Option(help="parallel processes (one case each)")] = 1,
+    on_error: Annotated[
+        str, typer.Option(help="a bad case: fail (stop) or skip (leave out, named in the log)")
+    ] = "fail",
+    seed: SeedOpt = 0,
+) -> None:
+    """Read a CT study once: per-slice labels, organ ROI, optional injection, a slice store and a manifest."""
+    from coinseg.config import ConfigError
+    from coinseg.data.build import OnError, PrepareOptions, prepare_study
+    from coinseg.data.study import Layout
+    from coinseg.runtime.console import progress_bar
+
+    for value, choices, option in ((layout, Layout, "--layout"), (on_error, OnError, "--on-error")):
+        if value not in {c.value for c in choices}:
+            raise ConfigError(f"{option} {value!r}: choose one of {', '.join(c.value for c in choices)}")
+    options = PrepareOptions(
+        layout=Layout(layout),
+        organ_names=tuple(organ.split(",")) if organ else (),
+        organ_labels=_ids(organ_labels, "--organ-labels"),
+        lesion_labels=_ids(lesion_labels, "--lesion-labels"),
+        inject=inject,
+        inject_p=inject_p,
+        blob_mm=blob_mm,
+        roi=roi,
+        margin_mm=margin_mm,
+        spacing_mm=spacing_mm,
+        min_lesion_mm2=min_lesion_mm2,
+        workers=max(1, workers),
+        on_error=OnError(on_error),
+        seed=seed,
+        series=series,
+    )
+    from coinseg.data.study import discover
+
+    n_cases = len(
+        discover(source, options.layout, options.organ_names, options.organ_labels, options.lesion_labels, not inject)[
+            1
+        ]
+    )
+    with progress_bar("prepare", n_cases) as (progress, task):
+        summary = prepare_study(
+            source, out, options, lambda line: typer.echo(line, err=True), lambda n: progress.advance(task, n)
+        )
+    typer.echo(str(summary.manifest))
 
 
 @app.command("train-classifier")
@@ -165,9 +233,7 @@ def evaluate(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV with lesion masks")],
     out: Annotated[Path, typer.Option("--out", help="report folder (must not exist or be empty)")],
     split: Annotated[str, typer.Option(help="manifest split to score")] = "test",
-    methods: Annotated[
-        str, typer.Option(help="comma-separated: coin,singla,rise,scorecam,layercam,gradcam,gradcampp")
-    ] = "coin",
+    methods: Annotated[str, typer.Option(help=methods_help())] = "coin",
     singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
     threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "0.25",
     saliency_threshold: Annotated[float, typer.Option(help="attribution maps: mask = map > threshold")] = 0.975,
@@ -180,21 +246,20 @@ def evaluate(
 ) -> None:
     """Score methods on the same frozen slices: metrics.json, report.md, report.html, figures."""
     from coinseg.evaluation.runner import evaluate as run_evaluate
-    from coinseg.evaluation.runner import parse_methods
 
     metrics = run_evaluate(
         model_run_dir,
         manifest,
         out,
         parse_methods(methods),
-        split,
-        threshold,
-        saliency_threshold,
-        postprocess,
-        device.value,
-        singla_run,
-        rise_masks,
-        max_slices,
+        split=split,
+        threshold=threshold,
+        saliency_threshold=saliency_threshold,
+        postprocess=postprocess,
+        device=device,
+        singla_run=singla_run,
+        rise_masks=rise_masks,
+        max_slices=max_slices,
     )
     _print_table(metrics)
     typer.echo(str(out / "report.html"))
@@ -226,6 +291,7 @@ def demo(
     from coinseg.demo import run_demo
 
     run_demo(out, profile, device, seed)
+    typer.echo(str(out / "report" / "report.html"))
 
 
 @app.command("export-nnunet")

@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from coinseg.errors import CoinsegError
 
-class ConfigError(ValueError):
+
+class ConfigError(CoinsegError):
     """A settings value is invalid (the message names the field and the allowed choices)."""
 
 

@@ -1,16 +1,18 @@
 """``coinseg demo``: synth -> classifier -> COIN -> Singla et al.* -> evaluation of every method -> report.
 
 Each stage writes into its own folder under OUT and is skipped when that folder already holds a finished
-result, so an interrupted demo continues where it stopped. The report folder is rebuilt every time.
+result, so an interrupted demo continues where it stopped. OUT must be new, empty or a folder coinseg made; an
+unfinished stage folder (or the previous report) is removed and rebuilt only when coinseg made it.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from coinseg.config import DeviceChoice, Method, Profile, apply_method, profile_settings
-from coinseg.training.runtime import console
+from coinseg.registry import DEMO
+from coinseg.runtime.console import console, progress_bar
+from coinseg.runtime.rundir import claim_folder, remove_owned
 
 # Demo sizes per profile: synthetic slices, test slices scored (a fixed subset shared by every method, so that
 # RISE fits the CPU budget; None = the whole test split) and RISE masks (the paper's 6000 on the paper profile).
@@ -18,7 +20,6 @@ DEMO_SLICES = {Profile.quick: 4000, Profile.paper: 8000}
 DEMO_EVAL_SLICES = {Profile.quick: 90, Profile.paper: None}
 DEMO_RISE_MASKS = {Profile.quick: 500, Profile.paper: 6000}
 DEMO_SINGLA_STEPS = 300
-DEMO_METHODS = ["coin", "singla", "rise", "scorecam", "layercam"]
 
 
 def run_demo(out: Path, profile: Profile, device: DeviceChoice, seed: int) -> dict:
@@ -26,8 +27,8 @@ def run_demo(out: Path, profile: Profile, device: DeviceChoice, seed: int) -> di
     from coinseg.evaluation.runner import evaluate
     from coinseg.training.classifier import train_classifier
     from coinseg.training.gan import train_gan
-    from coinseg.training.runtime import progress_bar
 
+    claim_folder(out, "demo")
     settings = profile_settings(profile)
     settings.seed = seed
     manifest = out / "data" / "manifest.csv"
@@ -45,13 +46,13 @@ def run_demo(out: Path, profile: Profile, device: DeviceChoice, seed: int) -> di
     classifier = out / "classifier"
     if not (classifier / "test_metrics.json").is_file():
         console.print(f"[bold]2/5[/] classifier -> {classifier}")
-        shutil.rmtree(classifier, ignore_errors=True)
+        remove_owned(classifier)
         train_classifier(manifest, classifier, settings, device)
     for step, method in (("3/5", Method.coin), ("4/5", Method.singla)):
         run = out / method.value
         if not (run / "run.json").is_file():
             console.print(f"[bold]{step}[/] {method.value} GAN -> {run}")
-            shutil.rmtree(run, ignore_errors=True)
+            remove_owned(run)
             method_settings = profile_settings(profile)
             method_settings.seed = seed
             method_settings.gan = apply_method(method_settings.gan, method)
@@ -59,13 +60,13 @@ def run_demo(out: Path, profile: Profile, device: DeviceChoice, seed: int) -> di
                 method_settings.gan.max_steps = DEMO_SINGLA_STEPS  # two extra generator passes per step
             train_gan(manifest, classifier, run, method_settings, device)
     report = out / "report"
-    console.print(f"[bold]5/5[/] evaluation of {', '.join(DEMO_METHODS)} -> {report}")
-    shutil.rmtree(report, ignore_errors=True)
+    console.print(f"[bold]5/5[/] evaluation of {', '.join(DEMO)} -> {report}")
+    remove_owned(report)
     metrics = evaluate(
         out / "coin",
         manifest,
         report,
-        DEMO_METHODS,
+        DEMO,
         device=device.value,
         singla_run=out / "singla",
         rise_masks=DEMO_RISE_MASKS[profile],
@@ -77,5 +78,4 @@ def run_demo(out: Path, profile: Profile, device: DeviceChoice, seed: int) -> di
         f"{coin['pooled_iou']:.3f}, mean Dice {coin['mean_dice']:.3f}, CV {coin['cv']}, "
         f"normal-slice FP rate {coin['normal_fp_rate']}"
     )
-    print(report / "report.html")
     return metrics

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from coinseg.attribution import ATTRIBUTION_METHODS, RISE, Attributor, CamAttributor, build_attributor
+from coinseg.attribution import RISE, Attributor, CamAttributor, build_attributor
 from coinseg.attribution.base import minmax_normalise
+from coinseg.registry import ATTRIBUTION
 
 SIZE = 32
 SQUARE = (slice(4, 12), slice(18, 26))  # rows, cols the toy classifier looks at
@@ -51,7 +52,7 @@ def test_minmax_normalise_constant_is_zero():
     assert out[1].min() == 0 and out[1].max() == 1
 
 
-@pytest.mark.parametrize("name", ATTRIBUTION_METHODS)
+@pytest.mark.parametrize("name", ATTRIBUTION)
 def test_every_method_returns_normalised_maps(name):
     model = SquareClassifier()
     attributor = build_attributor(name, model, **({"n_masks": 200} if name == "rise" else {}))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from coinseg.data.synth import synthesize
+from coinseg.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,9 @@ def test_existing_folder(tmp_path: Path) -> None:
 
 
 def test_bad_options(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="n_slices"):
+    with pytest.raises(UsageError, match="--n-slices"):
         synthesize(tmp_path / "a", n_slices=5)
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(UsageError, match="--size"):
         synthesize(tmp_path / "a", n_slices=20, size=32)
     assert not (tmp_path / "a").exists()
 

@@ -2,10 +2,8 @@
 
 from pathlib import Path
 
-import pytest
-
 from coinseg.data.manifest import Entry
-from coinseg.evaluation.runner import parse_methods, subset
+from coinseg.evaluation.runner import subset
 
 
 def _entries(labels: list[int]) -> list[Entry]:
@@ -24,9 +22,3 @@ def test_subset_keeps_label_proportions_order_and_is_deterministic() -> None:
 def test_subset_larger_than_split_is_everything() -> None:
     entries = _entries([0, 1, 1])
     assert subset(entries, 10) == entries and subset(entries, None) == entries
-
-
-def test_parse_methods() -> None:
-    assert parse_methods("coin, RISE,coin") == ["coin", "rise"]
-    with pytest.raises(ValueError, match="unknown method 'foo'"):
-        parse_methods("coin,foo")

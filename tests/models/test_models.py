@@ -8,7 +8,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from coinseg.config import ClassifierArch, Fusion, GanConfig, Upsample, paper_settings
-from coinseg.models import Classifier, Discriminator, Encoder, Generator, build_classifier, build_gan, fuse
+from coinseg.models import (
+    Classifier,
+    Discriminator,
+    Encoder,
+    Generator,
+    build_classifier,
+    build_discriminator,
+    build_encoder_generator,
+    fuse,
+)
 from coinseg.models.blocks import ConditionalBatchNorm, DiscriminatorBlock, EncoderBlock, GeneratorBlock
 
 SIZE = 64
@@ -92,13 +101,13 @@ def test_generator_rejects_bad_input() -> None:
 def test_identity_fusion_starts_at_the_identity() -> None:
     """With clamp_add the untrained inpainter returns x exactly; the paper's tanh fusions start from Xavier."""
     from coinseg.config import GanConfig
-    from coinseg.training.gan import build_inpainter
+    from coinseg.method import build_inpainter
 
     cfg = GanConfig(enc_widths=list(ENC), skips=[1, 2])
     x = image().clamp(-1, 1)
-    inpainter, _ = build_inpainter(cfg)
+    inpainter = build_inpainter(cfg)
     assert torch.equal(inpainter(x, torch.zeros(2, dtype=torch.long)), x)
-    other, _ = build_inpainter(GanConfig(enc_widths=list(ENC), skips=[1, 2], fusion=Fusion.tanh))
+    other = build_inpainter(GanConfig(enc_widths=list(ENC), skips=[1, 2], fusion=Fusion.tanh))
     assert other.generator.head[-1].weight.abs().sum() > 0
 
 
@@ -135,7 +144,8 @@ def test_discriminator_rejects_length_mismatch() -> None:
 
 def test_build_gan_quick_trains_end_to_end() -> None:
     cfg = GanConfig()
-    enc, gen, disc = build_gan(cfg)
+    enc, gen = build_encoder_generator(cfg)
+    disc = build_discriminator(cfg)
     assert sum(parametrize.is_parametrized(m) for m in enc.modules()) == len(cfg.enc_widths)
     x, y = image(), torch.tensor([0, 1])
     x_cf = fuse(x, gen(enc(x), y), cfg.fusion)
@@ -145,13 +155,14 @@ def test_build_gan_quick_trains_end_to_end() -> None:
 
 
 def test_build_gan_without_sn_shortcut() -> None:
-    enc, gen, _ = build_gan(GanConfig(sn_shortcut=False))
+    enc, gen = build_encoder_generator(GanConfig(sn_shortcut=False))
     assert not any(parametrize.is_parametrized(m) for m in [*enc.modules(), *gen.modules()])
 
 
 def test_paper_parameter_counts() -> None:
     gan = paper_settings().gan
-    enc, gen, disc = build_gan(gan)
+    enc, gen = build_encoder_generator(gan)
+    disc = build_discriminator(gan)
     assert n_params(enc) == 19_581_504
     assert n_params(gen) == 33_525_441
     assert n_params(disc) == 38_419_905

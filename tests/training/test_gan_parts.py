@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from coinseg.config import GanConfig, Settings, apply_method
-from coinseg.training.gan import KL_ABNORMAL_TARGET, conditions, scaled_edit, update_ema
+from coinseg.method import KL_ABNORMAL_TARGET, conditions, scaled_edit
+from coinseg.training.gan import update_ema
 
 
 def test_single_conditioning_targets_normal_for_everything() -> None:
@@ -42,9 +43,9 @@ def test_classifier_stays_in_eval_mode_through_validation(
 ) -> None:
     """Validation must not switch the frozen classifier's BatchNorm/dropout to training mode."""
     from coinseg.data.prepare import prepare_data
-    from coinseg.training.classifier import load_classifier
+    from coinseg.method import load_classifier
+    from coinseg.runtime.device import make_fabric
     from coinseg.training.gan import GanTrainer
-    from coinseg.training.runtime import make_fabric
 
     settings = tiny
     classifier, ckpt = load_classifier(classifier_run)
@@ -56,9 +57,9 @@ def test_classifier_stays_in_eval_mode_through_validation(
 
 
 def test_stochastic_prob_uses_dropout_and_restores_eval(classifier_run: Path, tiny: Settings) -> None:
-    from coinseg.training.classifier import load_classifier
+    from coinseg.method import load_classifier
+    from coinseg.runtime.device import make_fabric
     from coinseg.training.gan import GanTrainer
-    from coinseg.training.runtime import make_fabric
 
     classifier, _ = load_classifier(classifier_run)
     trainer = GanTrainer(tiny, classifier, make_fabric("cpu", tiny.precision))
@@ -78,9 +79,9 @@ def test_scaled_edit_applies_part_of_the_change() -> None:
 
 def test_classifier_term_scores_the_scaled_edit(classifier_run: Path, tiny: Settings) -> None:
     """With kl_edit_scale s the generator loss feeds f exactly x + s (x_cf - x)."""
-    from coinseg.training.classifier import load_classifier
+    from coinseg.method import load_classifier
+    from coinseg.runtime.device import make_fabric
     from coinseg.training.gan import GanTrainer
-    from coinseg.training.runtime import make_fabric
 
     tiny.gan.kl_edit_scale, tiny.gan.kl_dropout = 0.25, False
     classifier, _ = load_classifier(classifier_run)
@@ -104,9 +105,9 @@ def test_noise_floor_is_the_quantile_of_peak_change_on_normal_slices(
     import numpy as np
 
     from coinseg.data.prepare import prepare_data
-    from coinseg.training.classifier import load_classifier
+    from coinseg.method import load_classifier
+    from coinseg.runtime.device import make_fabric
     from coinseg.training.gan import NOISE_FLOOR_QUANTILE, GanTrainer
-    from coinseg.training.runtime import make_fabric
 
     classifier, ckpt = load_classifier(classifier_run)
     data = prepare_data(tiny_data, tiny.data.size, tiny.data.percentiles, tuple(ckpt["window"]))

@@ -9,11 +9,9 @@ from torch import nn
 from coinseg.attribution.base import Attributor, minmax_normalise
 from coinseg.attribution.cams import CamAttributor
 from coinseg.attribution.rise import RISE
-
-ATTRIBUTION_METHODS = ("rise", "scorecam", "layercam", "gradcam", "gradcampp")
+from coinseg.registry import ATTRIBUTION
 
 __all__ = [
-    "ATTRIBUTION_METHODS",
     "Attributor",
     "CamAttributor",
     "RISE",
@@ -26,7 +24,7 @@ def build_attributor(name: str, model: nn.Module, **kwargs: Any) -> Attributor:
     """Build the attributor called ``name`` for ``model``.
 
     Args:
-        name: one of :data:`ATTRIBUTION_METHODS`.
+        name: an attribution method of :data:`coinseg.registry.METHODS`.
         model: classifier ``B x 1 x H x W`` -> ``B`` logits with a ``cam_layer`` property.
         **kwargs: passed to :class:`RISE` (``n_masks``, ``grid``, ``p_keep``, ``batch_size``, ``seed``,
             ``fill``) or :class:`CamAttributor` (``batch_size``).
@@ -36,6 +34,6 @@ def build_attributor(name: str, model: nn.Module, **kwargs: Any) -> Attributor:
     """
     if name == "rise":
         return RISE(model, **kwargs)
-    if name in ATTRIBUTION_METHODS:
+    if name in ATTRIBUTION:
         return CamAttributor(model, name, **kwargs)
-    raise ValueError(f"unknown attribution method {name!r}; choose one of {list(ATTRIBUTION_METHODS)}")
+    raise ValueError(f"unknown attribution method {name!r}; choose one of {list(ATTRIBUTION)}")

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from coinseg.config import GanConfig
 from coinseg.evaluation.metrics import difference_map
+from coinseg.method import conditions, prob
 from coinseg.models.inpainter import Inpainter
-from coinseg.training.gan import conditions
 
 
 class CounterfactualMaps:
@@ -27,8 +27,7 @@ class CounterfactualMaps:
     @torch.no_grad()
     def counterfactual(self, images: Tensor) -> Tensor:
         """x_cf, B x 1 x H x W in [-1, 1], on the images' device."""
-        p = torch.sigmoid(self.classifier(images).float())
-        return self.inpainter(images, conditions(p, self.cfg)[1]).float()
+        return self.inpainter(images, conditions(prob(self.classifier, images), self.cfg)[1]).float()
 
     def __call__(self, images: Tensor) -> Tensor:
         return difference_map(images, self.counterfactual(images))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from coinseg.data.manifest import read_manifest, training_splits
 from coinseg.data.slices import SliceSet, compute_window, intensity_of, load_slices
-from coinseg.training.runtime import progress_bar
+from coinseg.runtime.console import progress_bar
 
 
 @dataclass

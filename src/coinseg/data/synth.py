@@ -9,7 +9,7 @@ Layout of ``out_dir`` (paths in the manifest are relative to it)::
     organs/slice_00000.npy    uint8 (size, size), 1 = kidney
 
 Everything, the test split included, is drawn once and stored; nothing is re-drawn on read (the paper
-re-drew its test anomalies on every pass, reference-notes §4.8).
+re-drew its test anomalies on every pass, so its test set changed between evaluations).
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ import numpy as np
 
 from coinseg.data.anomaly import hu_to_unit, inject_anomaly
 from coinseg.data.phantom import make_phantom
+from coinseg.errors import UsageError
 from coinseg.io.files import atomic_dir
 
 PERCENTILES = (0.5, 99.5)  # the paper's foreground fingerprint window
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 BLOB_PX_AT_128 = 20  # the paper's blob template side; scaled with the slice size
+
+MAX_SIZE = 1024  # pixels; a phantom slice larger than a CT slice (512) x 2 is a typo, not a data set
 
 
 def synthesize(
@@ -51,15 +54,15 @@ def synthesize(
     nothing is left behind. ``progress(1)`` is called after each slice is drawn
     (the injection pass that follows is quick).
 
-    Raises ``ValueError`` for ``n_slices < 20`` or ``size < 64`` and ``FileExistsError`` when ``out_dir``
-    exists and is not empty.
+    Raises :class:`~coinseg.errors.UsageError` for ``n_slices < 20`` or ``size`` outside 64..1024 and
+    ``FileExistsError`` when ``out_dir`` exists and is not empty.
     """
     if n_slices < 20:
-        raise ValueError(f"n_slices: must be >= 20, got {n_slices}")
-    if size < 64:
-        raise ValueError(f"size: must be >= 64, got {size}")
+        raise UsageError(f"--n-slices {n_slices}: must be at least 20")
+    if not 64 <= size <= MAX_SIZE:
+        raise UsageError(f"--size {size}: must be between 64 and {MAX_SIZE} pixels")
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "synth") as tmp:
         _build(tmp, n_slices, size, seed, progress)
     return out_dir / "manifest.csv"
 

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from coinseg import __version__
-from coinseg.attribution import ATTRIBUTION_METHODS, build_attributor
+from coinseg.attribution import build_attributor
+from coinseg.config import DeviceChoice
 from coinseg.data.manifest import Entry, read_manifest, select_split
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import load_mask, read_entry
+from coinseg.errors import RunError, UsageError
 from coinseg.evaluation import fid as fid_lib
 from coinseg.evaluation.metrics import (
     SegmentationTally,
@@ -34,25 +36,16 @@ from coinseg.evaluation.metrics import (
     flip_rate,
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
-from coinseg.inference import Model, load_model, parse_threshold, to_original_size
 from coinseg.io.files import atomic_dir
+from coinseg.io.images import intensity_for
+from coinseg.predictor import Predictor, load_predictor, parse_threshold, to_original_size
+from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
 from coinseg.reporting.report import write_report
-from coinseg.training.runtime import progress_bar, write_json
+from coinseg.runtime.checkpoint import write_json
+from coinseg.runtime.console import progress_bar
 
-COUNTERFACTUAL_METHODS = ("coin", "singla")
-ALL_METHODS = COUNTERFACTUAL_METHODS + ATTRIBUTION_METHODS
 FIGURE_SLICES = 6
-
-
-def parse_methods(text: str) -> list[str]:
-    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown or not methods:
-        raise ValueError(
-            f"--methods: unknown method {unknown[0] if unknown else text!r}; choose from {','.join(ALL_METHODS)}"
-        )
-    return list(dict.fromkeys(methods))
 
 
 def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
@@ -61,7 +54,7 @@ def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
     if max_slices is None or len(entries) <= max_slices:
         return entries
     if max_slices < 2:
-        raise ValueError(f"--max-slices {max_slices}: must be at least 2")
+        raise UsageError(f"--max-slices {max_slices}: must be at least 2")
     chosen: list[Entry] = []
     for label in (1, 0):
         group = [e for e in entries if e.label == label]
@@ -69,6 +62,16 @@ def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
         if group and share:
             chosen += [group[i] for i in np.linspace(0, len(group) - 1, share).round().astype(int)]
     return sorted(chosen, key=entries.index)
+
+
+def _check_compatible(model: Predictor, other: Predictor, run_dir: Path, other_dir: Path) -> None:
+    """Two runs scored on the same inputs must share window, size and intensity kind (and so the same slices)."""
+    for what in ("window", "size", "intensity"):
+        if getattr(model, what) != getattr(other, what):
+            raise RunError(
+                f"{other_dir}: {what} {getattr(other, what)} differs from {run_dir}'s {getattr(model, what)}; "
+                "train both runs on the same data and profile"
+            )
 
 
 def _batched(
@@ -115,7 +118,7 @@ def evaluate(
     threshold: float | str = 0.25,
     saliency_threshold: float = 0.975,
     postprocess: bool = False,
-    device: str = "auto",
+    device: DeviceChoice | str = DeviceChoice.auto,
     singla_run: Path | None = None,
     rise_masks: int = 6000,
     max_slices: int | None = None,
@@ -125,18 +128,25 @@ def evaluate(
     """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
     ``threshold`` (counterfactual maps): a number in [0, 1) or ``"auto"``, each run's calibrated noise floor."""
     parsed = parse_threshold(threshold)
-    model = load_model(run_dir, device)
-    models: dict[str, Model] = {model.maps.name: model}
+    model = load_predictor(run_dir, device)
+    models: dict[str, Predictor] = {model.maps.name: model}
     if "singla" in methods and "singla" not in models:
         if singla_run is None:
-            raise ValueError("--methods singla needs --singla-run DIR (a run trained with --method singla)")
-        models["singla"] = load_model(singla_run, device)
-    missing = [m for m in methods if m in COUNTERFACTUAL_METHODS and m not in models]
+            raise UsageError("--methods singla needs --singla-run DIR (a run trained with --method singla)")
+        models["singla"] = load_predictor(singla_run, device)
+        _check_compatible(model, models["singla"], run_dir, singla_run)
+    counterfactual = [m for m in methods if METHODS[m].kind == "counterfactual"]
+    missing = [m for m in counterfactual if m not in models]
     if missing:
-        raise ValueError(f"--methods {missing[0]}: {run_dir} is a {model.maps.name} run; give a {missing[0]} run")
+        raise UsageError(f"--methods {missing[0]}: {run_dir} is a {model.maps.name} run; give a {missing[0]} run")
 
     every = select_split(read_manifest(manifest), split, manifest)
     entries = subset(every, max_slices)
+    kinds = {intensity_for(e.image) for e in entries}
+    if kinds != {model.intensity}:
+        raise RunError(
+            f"{manifest}: images are {'/'.join(sorted(kinds))} but the model was trained on {model.intensity}"
+        )
     arrays = [read_entry(e) for e in entries]
     shapes = [a.shape for a in arrays]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
@@ -150,8 +160,9 @@ def evaluate(
         notes.append(f"scored on a fixed, evenly spaced subset of {len(entries)} of the {len(every)} {split} slices")
     if "rise" in methods and rise_masks != 6000:
         notes.append(f"RISE with {rise_masks} masks (the paper used 6000)")
+    options = {"n_masks": rise_masks}
     extractor = fid_extractor
-    if extractor is None and any(m in COUNTERFACTUAL_METHODS for m in methods):
+    if extractor is None and counterfactual:
         try:
             extractor = fid_lib.inception_extractor().to(model.device)
         except fid_lib.FidUnavailable as exc:
@@ -162,7 +173,8 @@ def evaluate(
         with progress_bar(f"evaluate {name}", 1) as (progress, task):
             tic = time.perf_counter()
             entry: dict[str, Any]
-            if name in COUNTERFACTUAL_METHODS:
+            spec = METHODS[name]
+            if spec.kind == "counterfactual":
                 cf_model = models[name]
                 x_cf = _batched(cf_model.maps.counterfactual, x, cf_model.device, batch_size)
                 maps = difference_map(x, x_cf)
@@ -179,14 +191,12 @@ def evaluate(
                 if extractor is not None:
                     entry.update(_fid_scores(extractor, (x + 1) / 2, (x_cf + 1) / 2, labels))
             else:
-                options: dict[str, Any] = {"n_masks": rise_masks} if name == "rise" else {}
-                attributor = build_attributor(name, model.classifier, **options)
+                chosen = {key: options[key] for key in spec.options}
+                attributor = build_attributor(name, model.classifier, **chosen)
                 maps = _batched(attributor, x, model.device, batch_size)
                 seconds = time.perf_counter() - tic
                 cut = saliency_threshold
-                entry = {"kind": "attribution", "cv": None, "flip_rate": None}
-                if name == "rise":
-                    entry["rise_masks"] = rise_masks
+                entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
             summary, masks_by_method[name] = score_maps(to_original_size(maps, shapes), gts, labels, cut, cleaned)
             entry.update(threshold=cut, postprocess=cleaned, seconds_per_slice=seconds / max(len(x), 1), **summary)
@@ -213,7 +223,7 @@ def evaluate(
         "notes": notes,
         "figures": {"comparison": "comparison.png"},
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "evaluation") as tmp:
         if len(chosen):
             comparison_grid(
                 [(normalise(arrays[i], model.window) + 1.0) / 2.0 for i in chosen],

@@ -14,8 +14,8 @@ from coinseg.models.generator import Generator, fuse
 N_CLASSES = 2
 
 
-def build_gan(cfg: GanConfig) -> tuple[Encoder, Generator, Discriminator]:
-    """E, G and D as set by ``cfg`` (two condition classes: 0 = normal, 1 = abnormal).
+def build_encoder_generator(cfg: GanConfig) -> tuple[Encoder, Generator]:
+    """E and G as set by ``cfg`` (two condition classes: 0 = normal, 1 = abnormal).
 
     G starts at g = 0 when the fusion makes g = 0 the identity (``clamp_add``): training then starts from
     x_cf = x instead of a random edit of every pixel, which a discriminator can win against before G learns
@@ -24,8 +24,12 @@ def build_gan(cfg: GanConfig) -> tuple[Encoder, Generator, Discriminator]:
     encoder = Encoder(cfg.stem_width, cfg.enc_widths, cfg.sn_shortcut)
     zero_head = cfg.fusion is Fusion.clamp_add
     generator = Generator(cfg.enc_widths, cfg.skips, N_CLASSES, cfg.upsample, cfg.sn_shortcut, zero_head)
-    discriminator = Discriminator(cfg.disc_widths, cfg.disc_down, N_CLASSES)
-    return encoder, generator, discriminator
+    return encoder, generator
+
+
+def build_discriminator(cfg: GanConfig) -> Discriminator:
+    """The projection discriminator D as set by ``cfg`` (training only; inference never builds it)."""
+    return Discriminator(cfg.disc_widths, cfg.disc_down, N_CLASSES)
 
 
 __all__ = [
@@ -34,6 +38,7 @@ __all__ = [
     "Encoder",
     "Generator",
     "build_classifier",
-    "build_gan",
+    "build_discriminator",
+    "build_encoder_generator",
     "fuse",
 ]

@@ -1,7 +1,7 @@
 """Figures: mask overlays, Figure-2-style comparison grids, training samples and progress curves.
 
 Everything uses matplotlib's object-oriented ``Figure`` API with the Agg canvas, so no global pyplot state
-is touched. Every file is written atomically (``name.tmp`` in the same folder, then ``os.replace``).
+is touched. Every file is written atomically (:func:`coinseg.io.files.atomic_file`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.ndimage import binary_erosion
+
+from coinseg.io.files import atomic_file
 
 DPI = 100
 MAX_WIDTH_PX = 2000
@@ -27,22 +28,13 @@ FN_COLOUR = (255, 220, 0)  # yellow
 GT_CONTOUR_COLOUR = (0, 255, 255)  # cyan
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_png(fig: Figure, path: Path) -> Path:
     path = Path(path)
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    _write_atomic(path, buf.getvalue())
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
     return path
 
 

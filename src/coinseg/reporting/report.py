@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import mimetypes
-import os
 from pathlib import Path
 from typing import Any
+
+from coinseg.io.files import write_text
 
 MISSING = "–"
 
@@ -52,18 +52,6 @@ figure { margin: 1em 0; } figure img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
 p.legend { font-size: 0.9em; color: #444; }
 """
-
-
-def load_metrics(path: Path) -> dict[str, Any]:
-    """Read a metrics.json; a ValueError naming the file if it is not a JSON object."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _format(value: Any, fmt: str) -> str:
@@ -208,15 +196,6 @@ def _html(
     return "\n".join(parts) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(metrics: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``report.md`` and a self-contained ``report.html`` into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
@@ -226,6 +205,6 @@ def write_report(metrics: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     notes = _notes(metrics) + missing
     md_path = out_dir / "report.md"
     html_path = out_dir / "report.html"
-    _write_atomic(md_path, _markdown(metrics, rows, figures, notes))
-    _write_atomic(html_path, _html(metrics, rows, figures, notes))
+    write_text(md_path, _markdown(metrics, rows, figures, notes))
+    write_text(html_path, _html(metrics, rows, figures, notes))
     return md_path, html_path

@@ -22,49 +22,21 @@ from coinseg.config import DeviceChoice, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.evaluation.metrics import accuracy_auroc
+from coinseg.method import load_classifier, probs
 from coinseg.models.classifier import build_classifier
+from coinseg.reporting.figures import progress_plot
+from coinseg.runtime.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_json
+from coinseg.runtime.console import progress_bar
+from coinseg.runtime.device import make_fabric
+from coinseg.runtime.rundir import Deadline, RunDir, versions
 from coinseg.training.augment import augment
-from coinseg.training.runtime import (
-    Deadline,
-    RunDir,
-    load_checkpoint,
-    make_fabric,
-    progress_bar,
-    save_checkpoint,
-    versions,
-    write_json,
-)
-
-
-@torch.no_grad()
-def classifier_probs(model: nn.Module, images: torch.Tensor, device: torch.device, batch: int = 256) -> np.ndarray:
-    """P(abnormal) for N x 1 x S x S images in [-1, 1] -> float array of N values in [0, 1] (eval mode)."""
-    was_training = model.training
-    model.eval()
-    out = [torch.sigmoid(model(images[i : i + batch].to(device)).float()).cpu() for i in range(0, len(images), batch)]
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-def load_classifier(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The best classifier of a ``train-classifier`` run directory, frozen: eval mode, no parameter grads.
-
-    Returns (model on CPU, checkpoint dict with ``window``, ``intensity``, ``size``, ``arch``, ``widths``).
-    """
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    if ckpt.get("kind") != "classifier":
-        raise ValueError(f"{run_dir}: not a classifier run (checkpoint kind {ckpt.get('kind')!r})")
-    model = build_classifier(ckpt["arch"], ckpt["widths"])
-    model.load_state_dict(ckpt["model"])
-    model.eval().requires_grad_(False)
-    return model, ckpt
 
 
 def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[str, float | None]:
-    probs = classifier_probs(model, data.images, device)
+    p = probs(model, data.images, device)
     labels = data.labels.numpy()
-    acc, auroc = accuracy_auroc(labels, probs)
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    acc, auroc = accuracy_auroc(labels, p)
+    p = np.clip(p, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     return {"loss": loss, "accuracy": acc, "auroc": auroc}
 
@@ -98,7 +70,7 @@ def train_classifier(
     fabric = make_fabric(device, settings.precision)
     fixed = tuple(settings.data.window) if settings.data.window else None
     data = prepare_data(manifest, settings.data.size, settings.data.percentiles, fixed, settings.seed)  # type: ignore[arg-type]
-    run = RunDir(out, settings, resume)
+    run = RunDir(out, settings, resume, "classifier-run", (manifest,))
     for note in data.notes:
         run.log(note)
     run.log(
@@ -118,7 +90,9 @@ def train_classifier(
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
+        restore_rng(state["rng"])
         step, best_loss = state["step"], state["best_loss"]
+        run.trim_metrics(step)
         run.log(f"resumed at step {step}")
 
     common = {
@@ -170,6 +144,7 @@ def train_classifier(
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
                         "generator": generator.get_state(),
+                        "rng": rng_state(),
                         "step": step,
                         "best_loss": best_loss,
                     },
@@ -189,10 +164,8 @@ def train_classifier(
     if data.test is not None:
         final["test"] = _evaluate(best, data.test, fabric.device)
     write_json(final, out / "test_metrics.json")
-    from coinseg.reporting.figures import progress_plot
-
     progress_plot(out / "metrics.csv", out / "progress.png")
-    run.write_run_json(fabric, {"kind": "classifier", "steps": step, "window": data.window, "metrics": final})
+    run.write_run_json(fabric.device, {"kind": "classifier", "steps": step, "window": data.window, "metrics": final})
     summary = final.get("test", final["val"])
     run.log(
         f"classifier done: {'test' if 'test' in final else 'val'} accuracy {summary['accuracy']:.3f}, "  # type: ignore[index]

@@ -15,6 +15,7 @@ No host-device synchronisation inside the step: losses are accumulated on the de
 from __future__ import annotations
 
 import copy
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -25,52 +26,22 @@ import torch
 from torch import Tensor, nn
 
 from coinseg import losses
-from coinseg.config import Conditioning, Cyclic, DeviceChoice, GanConfig, Settings, settings_to_dict
+from coinseg.config import Conditioning, Cyclic, DeviceChoice, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
+from coinseg.errors import RunError
 from coinseg.evaluation.metrics import counterfactual_validity, difference_map, flip_rate
-from coinseg.models import build_gan
-from coinseg.models.inpainter import Inpainter
+from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
+from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
-from coinseg.training.classifier import classifier_probs, load_classifier
-from coinseg.training.runtime import (
-    Deadline,
-    RunDir,
-    RunError,
-    load_checkpoint,
-    make_fabric,
-    progress_bar,
-    save_checkpoint,
-    versions,
-)
+from coinseg.runtime.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from coinseg.runtime.console import progress_bar
+from coinseg.runtime.device import make_fabric
+from coinseg.runtime.rundir import Deadline, RunDir, versions
 
 LOSS_NAMES = ("d", "adv", "kl", "rec", "tv", "g")
-KL_ABNORMAL_TARGET = 1e-6
 # `--threshold auto`: the quantile, over normal validation slices, of each slice's peak |x - x_cf| / 2.
 NOISE_FLOOR_QUANTILE = 0.95
-
-
-def conditions(p: Tensor, cfg: GanConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """From f(x) = p (B probabilities): (b, c, t) = real-image class, generator condition, KL target."""
-    b = (p >= 0.5).long()
-    if cfg.conditioning is Conditioning.single:
-        c = torch.zeros_like(b)
-        t = torch.where(b == 1, torch.full_like(p, KL_ABNORMAL_TARGET), p)
-    else:
-        c = (1.0 - p >= 0.5).long()
-        t = 1.0 - p
-    return b, c, t
-
-
-def scaled_edit(x: Tensor, x_cf: Tensor, scale: float) -> Tensor:
-    """x + scale (x_cf - x): the counterfactual edit applied at strength ``scale`` in (0, 1] (a convex blend of two
-    B x 1 x H x W images in [-1, 1], so it stays in range); what the classifier term scores."""
-    return x_cf if scale == 1.0 else x + scale * (x_cf - x)
-
-
-def build_inpainter(cfg: GanConfig) -> tuple[Inpainter, nn.Module]:
-    encoder, generator, discriminator = build_gan(cfg)
-    return Inpainter(encoder, generator, cfg.fusion), discriminator
 
 
 @torch.no_grad()
@@ -91,7 +62,7 @@ class GanTrainer:
     def __init__(self, settings: Settings, classifier: nn.Module, fabric: Any) -> None:
         self.cfg = settings.gan
         self.fabric = fabric
-        inpainter, discriminator = build_inpainter(self.cfg)
+        inpainter, discriminator = build_inpainter(self.cfg), build_discriminator(self.cfg)
         betas = (self.cfg.betas[0], self.cfg.betas[1])
         opt_g = torch.optim.Adam(inpainter.parameters(), lr=self.cfg.lr, betas=betas)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=self.cfg.lr, betas=betas)
@@ -106,7 +77,7 @@ class GanTrainer:
         self.counted = torch.zeros(len(LOSS_NAMES), device=fabric.device)
 
     def _prob(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.classifier(x).float())
+        return prob(self.classifier, x)
 
     def _stochastic_prob(self, x: Tensor) -> Tensor:
         """f(x) with the classifier's dropout layers active (weights still frozen, BatchNorm in eval mode)."""
@@ -206,16 +177,17 @@ class GanTrainer:
           peak |x - x_cf| / 2, i.e. the lowest threshold that leaves ~95 % of them without a mask pixel
           (``--threshold auto``).
         """
-        x_cf, p = self.counterfactuals(data.images)
+        images = data.images[:]  # a lazy store view is read here: validation needs the whole split
+        x_cf, p = self.counterfactuals(images)
         cf = torch.from_numpy(x_cf)
-        p_cf = classifier_probs(self.classifier, cf, self.fabric.device)
-        scored = scaled_edit(data.images, cf, self.cfg.kl_edit_scale)
-        p_scored = p_cf if scored is cf else classifier_probs(self.classifier, scored, self.fabric.device)
+        p_cf = probs(self.classifier, cf, self.fabric.device)
+        scored = scaled_edit(images, cf, self.cfg.kl_edit_scale)
+        p_scored = p_cf if scored is cf else probs(self.classifier, scored, self.fabric.device)
         _, _, t = conditions(torch.from_numpy(p), self.cfg)
         kl = float(losses.bernoulli_kl(t, torch.from_numpy(p_scored)))
-        diff = difference_map(data.images, cf)  # |x - x_cf| / 2
+        diff = difference_map(images, cf)  # |x - x_cf| / 2
         change = (2 * diff).mean(dim=(1, 2, 3)).numpy()
-        tv = float(losses.total_variation(data.images, cf))
+        tv = float(losses.total_variation(images, cf))
         normal = p < 0.5
         score = self.cfg.lambda_kl * kl + self.cfg.lambda_rec * float(change.mean()) + self.cfg.lambda_tv * tv
         peaks = diff.amax(dim=(1, 2, 3)).numpy()
@@ -252,6 +224,10 @@ class GanTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def train_gan(
     manifest: Path,
     classifier_run: Path,
@@ -277,8 +253,13 @@ def train_gan(
         raise RunError(
             f"{manifest}: images are {data.intensity} but the classifier was trained on {clf_ckpt['intensity']}"
         )
-    run = RunDir(out, settings, resume)
-    shutil.copyfile(classifier_run / "checkpoints" / "best.pt", run.checkpoints / "classifier.pt")
+    source = classifier_run / "checkpoints" / "best.pt"
+    kept = out / "checkpoints" / "classifier.pt"
+    if resume and kept.is_file() and _digest(kept) != _digest(source):
+        raise RunError(f"{classifier_run}: not the classifier this run was trained with; resume with the original")
+    run = RunDir(out, settings, resume, "gan-run", (manifest, classifier_run), frozenset({"gan.max_steps"}))
+    if not resume:
+        shutil.copyfile(source, kept)
     run.log(
         f"{cfg.method.value} GAN: {len(data.train)} train / {len(data.val)} val slices at {settings.data.size}px, "
         f"window {data.window}, device {fabric.device}, G every {cfg.gen_every} step(s)"
@@ -291,8 +272,9 @@ def train_gan(
         state = load_checkpoint(run.last)
         trainer.load_state(state)
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng(state["rng"])
         step, best_score = state["step"], state["best_score"]
+        run.trim_metrics(step)
         run.log(f"resumed at step {step}")
     common = {
         "kind": "gan",
@@ -340,7 +322,7 @@ def train_gan(
                             **common,
                             **trainer.state(),
                             "generator": generator.get_state(),
-                            "torch_rng": torch.get_rng_state(),
+                            "rng": rng_state(),
                             "step": step,
                             "best_score": best_score,
                         },
@@ -356,24 +338,12 @@ def train_gan(
     if deadline.expired() and step < cfg.max_steps:
         run.log(f"--max-minutes reached: stopped at step {step} with a checkpoint")
     progress_plot(out / "metrics.csv", out / "progress.png")
-    run.write_run_json(fabric, {"kind": "gan", "method": cfg.method.value, "steps": step, "validation": validation})
+    run.write_run_json(
+        fabric.device, {"kind": "gan", "method": cfg.method.value, "steps": step, "validation": validation}
+    )
     run.log(f"GAN done at step {step}: val CV {validation.get('cv')}, flip rate {validation.get('flip_rate')}")
     run.close()
     return validation
 
 
-def load_inpainter(run_dir: Path) -> tuple[Inpainter, dict[str, Any]]:
-    """The best E+G of a ``train`` run directory (eval mode, CPU) and its checkpoint (window, size, method)."""
-    from coinseg.config import settings_from_dict
-
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    if ckpt.get("kind") != "gan":
-        raise RunError(f"{run_dir}: not a COIN/GAN run directory (checkpoint kind {ckpt.get('kind')!r})")
-    settings = settings_from_dict(ckpt["settings"])
-    inpainter, _ = build_inpainter(settings.gan)
-    inpainter.load_state_dict(ckpt["inpainter"])
-    ckpt["settings_obj"] = settings
-    return inpainter.eval(), ckpt
-
-
-__all__ = ["GanTrainer", "conditions", "load_inpainter", "train_gan"]
+__all__ = ["GanTrainer", "train_gan"]

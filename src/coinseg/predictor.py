@@ -1,0 +1,107 @@
+"""A trained run ready for inference (nnU-Net calls this a predictor): counterfactual maps, the frozen
+classifier, the intensity window and the network size, and the mask threshold.
+
+For 2-D slices: normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
+|x - x_cf| / 2 resized back (bilinear) to each slice's own size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coinseg.attribution.counterfactual import CounterfactualMaps
+from coinseg.config import DeviceChoice
+from coinseg.data.normalise import normalise
+from coinseg.data.slices import resize
+from coinseg.errors import RunError, UsageError
+from coinseg.evaluation.metrics import difference_map
+from coinseg.method import load_classifier, load_inpainter, probs
+from coinseg.runtime.device import resolve_device
+
+
+@dataclass
+class Predictor:
+    """A loaded ``coinseg train`` run: counterfactual maps, the frozen classifier, window, intensity kind
+    ("hu" or "unit"), network size in pixels, device, and the threshold calibrated at training time."""
+
+    maps: CounterfactualMaps
+    classifier: nn.Module
+    window: tuple[float, float] | None
+    intensity: str
+    size: int
+    device: torch.device
+    auto_threshold: float | None = None
+
+    def threshold(self, value: float | None) -> float:
+        """The mask threshold: ``value`` (from :func:`parse_threshold`), or for None (``auto``) the noise floor
+        calibrated on normal validation slices at training time."""
+        if value is not None:
+            return value
+        if self.auto_threshold is None:
+            raise RunError(
+                "--threshold auto: this run's checkpoint has no calibrated threshold (no normal validation slices, "
+                "or trained by an older coinseg); give a number"
+            )
+        return self.auto_threshold
+
+    def inputs(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """Raw 2-D slices (HU or grey values, any sizes) -> N x 1 x S x S network inputs in [-1, 1] (CPU)."""
+        size = (self.size, self.size)
+        return torch.cat([resize(torch.from_numpy(normalise(a, self.window))[None, None], size) for a in arrays]).clamp(
+            -1, 1
+        )
+
+    def probs(self, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+        """f(images) for N x 1 x S x S inputs in [-1, 1] (any device), in batches: N probabilities."""
+        return probs(self.classifier, images, self.device, batch)
+
+    def run(self, arrays: list[np.ndarray], batch: int = 64) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1])."""
+        p, p_cf, diffs = [], [], []
+        for start in range(0, len(arrays), batch):
+            chunk = arrays[start : start + batch]
+            x = self.inputs(chunk).to(self.device)
+            x_cf = self.maps.counterfactual(x)
+            p.append(self.probs(x, batch))
+            p_cf.append(self.probs(x_cf, batch))
+            diffs.extend(to_original_size(difference_map(x, x_cf), [a.shape for a in chunk]))
+        return np.concatenate(p), np.concatenate(p_cf), diffs
+
+
+def to_original_size(maps: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """B x 1 x S x S maps -> list of H_i x W_i float32 arrays (bilinear), one per original slice shape."""
+    maps = maps.float().cpu()
+    return [
+        F.interpolate(maps[i : i + 1], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+        for i, shape in enumerate(shapes)
+    ]
+
+
+def load_predictor(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto) -> Predictor:
+    """Load the best E+G and the frozen classifier of a ``coinseg train`` run directory onto ``device``."""
+    target = resolve_device(device)
+    inpainter, settings, ckpt = load_inpainter(run_dir)
+    classifier, _ = load_classifier(run_dir, run_dir / "checkpoints" / "classifier.pt")
+    classifier = classifier.to(target)
+    maps = CounterfactualMaps(ckpt["method"], inpainter.to(target), settings.gan, classifier)
+    window = tuple(ckpt["window"]) if ckpt["window"] else None
+    return Predictor(maps, classifier, window, ckpt["intensity"], ckpt["size"], target, ckpt.get("auto_threshold"))
+
+
+def parse_threshold(value: float | str) -> float | None:
+    """``--threshold``: a number in [0, 1), or ``auto`` (returned as None: the run's calibrated threshold)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"--threshold {value!r}: give a number in [0, 1) or 'auto'") from None
+    if not 0.0 <= number < 1.0:
+        raise UsageError(f"--threshold {value}: must be in [0, 1)")
+    return number

@@ -1,0 +1,69 @@
+"""Checkpoints and JSON records: plain dicts of state dicts, settings and tensors, written atomically and loaded
+with ``weights_only=True`` (no pickled objects)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coinseg.errors import RunError
+from coinseg.io.files import atomic_file, write_text
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary name in the same folder, then rename (never a half-written checkpoint)."""
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint dict (tensors on the CPU); :class:`RunError` naming the file if missing or unreadable."""
+    if not path.is_file():
+        raise RunError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged or foreign file
+        raise RunError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Write ``data`` as indented JSON, atomically (non-JSON values as their ``str``)."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random state a training step may draw from: torch CPU, torch CUDA (all devices), numpy and
+    Python's ``random``; stored in ``last.pt`` so that ``--resume`` continues exactly."""
+    import random
+
+    import numpy as np
+
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.stack(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None,
+        "numpy": _numpy_state(np.random.get_state()),
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state` (a CUDA state saved on a GPU machine is ignored on a CPU-only one)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+def _numpy_state(state: Any) -> tuple[str, torch.Tensor, int, int, float]:
+    """numpy's legacy RNG state with its key array as a tensor (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = state
+    return str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)
