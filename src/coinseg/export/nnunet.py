@@ -220,14 +220,29 @@ def _ct_paths(cases_csv: Path) -> dict[str, Path]:
     return paths
 
 
+def _ct_sources(cases: Path) -> tuple[dict[str, Path], Path]:
+    """``({case: CT path}, where they were read)``: from a prepared DATASET_DIR (``store/<case>/geometry.json``
+    name each case's source scan), else from a CSV or a folder's ``manifest.csv`` (:func:`_ct_paths`)."""
+    from coinseg.data.store import read_geometry
+
+    store = cases / "store"
+    if cases.is_dir() and store.is_dir():
+        return {
+            g.case: Path(g.source)
+            for g in (read_geometry(cases, f.parent.name) for f in sorted(store.glob("*/geometry.json")))
+        }, store
+    return _ct_paths(cases / "manifest.csv" if cases.is_dir() else cases), cases
+
+
 def segment_out_cases(
     segment_out: Path, cases_csv: Path, ignore_below: float | None = None
 ) -> tuple[Iterator[NnunetCase], list[str]]:
     """The cases of a ``segment`` output folder, for :func:`export_nnunet`.
 
     Reads ``SEGMENT_OUT/masks/<case>.nii.gz`` (nonzero = lesion) and, with ``ignore_below``,
-    ``SEGMENT_OUT/maps/<case>.nii.gz`` (``|x - x_cf| / 2``); each case's CT comes from ``cases_csv`` (see
-    :func:`_ct_paths`; a folder means its ``manifest.csv``).
+    ``SEGMENT_OUT/maps/<case>.nii.gz`` (``|x - x_cf| / 2``); each case's CT comes from ``cases_csv``: a
+    prepared DATASET_DIR (its ``store/<case>/geometry.json``), a CSV, or a folder's ``manifest.csv`` (see
+    :func:`_ct_sources`). A case whose source is a DICOM series is refused (NIfTI only, for now).
 
     Returns:
         ``(cases, unmasked)``: the cases in case order, each mask read only when the case is written; and the
@@ -242,8 +257,7 @@ def segment_out_cases(
     masks = {_case_of(p): p for p in sorted(masks_dir.glob("*.nii.gz"))} if masks_dir.is_dir() else {}
     if not masks:
         raise ExportError(f"{masks_dir}: no per-volume masks (<case>.nii.gz) found")
-    csv_path = Path(cases_csv) / "manifest.csv" if Path(cases_csv).is_dir() else Path(cases_csv)
-    cts = _ct_paths(csv_path)
+    cts, csv_path = _ct_sources(Path(cases_csv))
     unknown = sorted(set(masks) - set(cts))
     if unknown:
         raise ExportError(
