@@ -69,10 +69,9 @@ def test_export_nnunet_errors_are_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "Dataset011_X").exists() and not (tmp_path / "Dataset012_X").exists()
 
 
-def test_export_nnunet_from_a_prepared_dataset(tmp_path: Path) -> None:
+def _prepared(tmp_path: Path, data: Path, extra: dict) -> Path:
     from coinseg.data.roi import CaseGeometry
 
-    seg, data, mask, _ = _study(tmp_path)
     prepared = tmp_path / "prepared"
     for case in ("p1", "p2"):
         geometry = CaseGeometry(
@@ -88,9 +87,16 @@ def test_export_nnunet_from_a_prepared_dataset(tmp_path: Path) -> None:
             stored_shape=SHAPE[:2],
             spacing_mm=(0.7, 0.7),
             mode="full",
+            extra=extra,
         )
         (prepared / "store" / case).mkdir(parents=True)
         (prepared / "store" / case / "geometry.json").write_text(json.dumps(geometry.to_json()))
+    return prepared
+
+
+def test_export_nnunet_from_a_prepared_dataset(tmp_path: Path) -> None:
+    seg, data, mask, _ = _study(tmp_path)
+    prepared = _prepared(tmp_path, data, {})
     out = tmp_path / "Dataset013_Store"
     code, stdout, stderr = _invoke("export-nnunet", seg, prepared, "--out", out)
     assert code == 0, stderr
@@ -98,3 +104,10 @@ def test_export_nnunet_from_a_prepared_dataset(tmp_path: Path) -> None:
     label = np.asarray(nib.load(out / "labelsTr" / "p1.nii.gz").dataobj)
     np.testing.assert_array_equal(label == 1, mask)
     assert not (out / "imagesTr" / "p1_0000.nii.gz").is_symlink()  # --copy is the default
+
+
+def test_export_nnunet_refuses_an_injected_dataset(tmp_path: Path) -> None:
+    seg, data, _, _ = _study(tmp_path)
+    prepared = _prepared(tmp_path, data, {"inject": {"p": 0.65}})
+    code, _, stderr = _invoke("export-nnunet", seg, prepared, "--out", tmp_path / "Dataset014_X")
+    assert code == 2 and "store/p1: prepared with --inject" in stderr
