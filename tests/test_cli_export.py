@@ -67,3 +67,47 @@ def test_export_nnunet_errors_are_one_line(tmp_path: Path) -> None:
     code, _, stderr = _invoke("export-nnunet", seg, data, "--out", tmp_path / "Dataset012_X")
     assert code == 2 and "case p1" in stderr
     assert not (tmp_path / "Dataset011_X").exists() and not (tmp_path / "Dataset012_X").exists()
+
+
+def _prepared(tmp_path: Path, data: Path, extra: dict) -> Path:
+    from coinseg.data.roi import CaseGeometry
+
+    prepared = tmp_path / "prepared"
+    for case in ("p1", "p2"):
+        geometry = CaseGeometry(
+            case=case,
+            source=str((data / f"{case}.nii.gz").resolve()),
+            source_shape=SHAPE,
+            source_affine=AFFINE.tolist(),
+            slice_axis=2,
+            row_axis=0,
+            col_axis=1,
+            row_map=(1.0, 0.0),
+            col_map=(1.0, 0.0),
+            stored_shape=SHAPE[:2],
+            spacing_mm=(0.7, 0.7),
+            mode="full",
+            extra=extra,
+        )
+        (prepared / "store" / case).mkdir(parents=True)
+        (prepared / "store" / case / "geometry.json").write_text(json.dumps(geometry.to_json()))
+    return prepared
+
+
+def test_export_nnunet_from_a_prepared_dataset(tmp_path: Path) -> None:
+    seg, data, mask, _ = _study(tmp_path)
+    prepared = _prepared(tmp_path, data, {})
+    out = tmp_path / "Dataset013_Store"
+    code, stdout, stderr = _invoke("export-nnunet", seg, prepared, "--out", out)
+    assert code == 0, stderr
+    assert "1 case(s)" in stderr  # p2 has no mask
+    label = np.asarray(nib.load(out / "labelsTr" / "p1.nii.gz").dataobj)
+    np.testing.assert_array_equal(label == 1, mask)
+    assert not (out / "imagesTr" / "p1_0000.nii.gz").is_symlink()  # --copy is the default
+
+
+def test_export_nnunet_refuses_an_injected_dataset(tmp_path: Path) -> None:
+    seg, data, _, _ = _study(tmp_path)
+    prepared = _prepared(tmp_path, data, {"inject": {"p": 0.65}})
+    code, _, stderr = _invoke("export-nnunet", seg, prepared, "--out", tmp_path / "Dataset014_X")
+    assert code == 2 and "store/p1: prepared with --inject" in stderr

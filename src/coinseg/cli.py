@@ -326,7 +326,11 @@ def demo(
 def export_nnunet_cmd(
     segment_out: Annotated[Path, typer.Argument(help="output folder of `coinseg segment` (masks/<case>.nii.gz)")],
     cases: Annotated[
-        Path, typer.Argument(help="CSV (or folder with manifest.csv) naming each case's CT: image[,case] columns")
+        Path,
+        typer.Argument(
+            help="prepared DATASET_DIR (store/<case>/geometry.json), or a CSV (or folder with manifest.csv) "
+            "naming each case's CT NIfTI: image[,case] columns"
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="nnUNet_raw/DatasetNNN_Name (must not exist or be empty)")],
     copy: Annotated[bool, typer.Option("--copy/--link", help="copy the CT images, or symlink them")] = True,

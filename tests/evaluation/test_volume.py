@@ -11,6 +11,7 @@ from coinseg.evaluation.volume import (
     label_lesions,
     lesion_detection,
     lesion_volume_ml,
+    postprocess_volume,
     remove_small_lesions,
     score_volume,
     spacing_from_affine,
@@ -53,6 +54,15 @@ def test_remove_small_lesions_keeps_two_lesions_on_one_slice_and_drops_small_one
     assert not remove_small_lesions(m, spacing, 72.1).any()
     np.testing.assert_array_equal(remove_small_lesions(m, spacing, 0.0), m)
     assert not remove_small_lesions(np.zeros((3, 3, 3), bool), spacing).any()
+
+
+def test_postprocess_volume_reads_the_spacing_from_the_affine():
+    m = np.zeros((10, 10, 10), bool)
+    m[1:4, 1:4, 1] = True  # 9 voxels
+    affine = np.diag([-3.0, 3.0, 1.0, 1.0])  # 9 mm^3 per voxel: 81 mm^3 kept at 65.4
+    np.testing.assert_array_equal(postprocess_volume(m, affine), m)
+    affine[2, 2] = 0.5  # 4.5 mm^3 per voxel: 40.5 mm^3 removed
+    assert not postprocess_volume(m, affine).any()
 
 
 def test_dice_and_iou_hand_computed_and_empty_rules():

@@ -75,6 +75,13 @@ def test_seg_frames_sit_at_their_source_slices(tmp_path):
 
 
 @needs_series
+def test_an_empty_mask_gives_a_seg_with_empty_frames(tmp_path):
+    pytest.importorskip("highdicom")
+    seg = pydicom.dcmread(write_dicom_seg(_with_uids(tmp_path), np.zeros((20, 512, 512), bool), tmp_path / "e.dcm"))
+    assert int(seg.NumberOfFrames) == 20 and not seg.pixel_array.any()
+
+
+@needs_series
 def test_bad_inputs_are_named(tmp_path):
     pytest.importorskip("highdicom")
     with pytest.raises(DicomSegError, match=r"slice\d+.dcm: StudyInstanceUID is empty"):

@@ -139,3 +139,10 @@ def test_export_of_the_shared_real_ct_passes_nnunet_integrity_check(tmp_path, ca
     assert "verify_dataset_integrity Done" in printed and "mismatch" not in printed.lower()
     label = nib.load(out / "labelsTr" / "s0001.nii.gz")
     np.testing.assert_array_equal(np.argwhere(np.asarray(label.dataobj) == 1), np.argwhere(kidney))
+
+
+def test_export_into_an_existing_empty_folder(tmp_path):
+    target = tmp_path / "Dataset005_X"
+    target.mkdir()
+    export_nnunet(_cases(tmp_path)[:1], target)
+    assert sorted(p.name for p in target.iterdir()) == ["dataset.json", "imagesTr", "labelsTr"]

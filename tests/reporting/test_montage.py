@@ -35,7 +35,7 @@ def _blend(colour):
 
 def test_montage_png_shows_tp_fp_fn_where_they_are(tmp_path):
     ct, pred, truth = _case()
-    path = lesion_montage(ct, pred, truth, tmp_path / "case" / "montage.png", n_slices=1)
+    path = lesion_montage(ct, pred, truth, tmp_path / "case" / "montage.png", n_slices=1, crop=False)
     assert sorted(p.name for p in path.parent.iterdir()) == ["montage.png"]  # no temporary file left
     png = np.asarray(Image.open(path).convert("RGB")).astype(int)
     # the panel is the only non-white area apart from the slice label below it
@@ -61,3 +61,79 @@ def test_montage_rejects_mismatched_shapes(tmp_path):
     ct, pred, truth = _case()
     with pytest.raises(ValueError, match="one shape"):
         lesion_montage(ct, pred[:-1], truth, tmp_path / "m.png")
+
+
+def _ras_case():
+    ct, pred, truth = _case()
+    ct[28:36, 20:24, :] = 300.0  # a bright marker on the patient's right (high i in RAS), posterior
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    return ct, pred, truth, affine
+
+
+def _panel_pixels(path):
+    png = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return png[:-30]  # without the slice labels, which name each file's own stored axis
+
+
+def test_montage_is_radiological_whatever_the_voxel_order(tmp_path):
+    ct, pred, truth, ras = _ras_case()
+    # the same anatomy stored as LPS (first two axes reversed) and slice-first (K x I x J)
+    lps = ras.copy()
+    lps[:2, :2] *= -1
+    lps[:2, 3] = [N - 1, N - 1]
+    slice_first = ras[:, [2, 0, 1, 3]]
+
+    def as_lps(a):
+        return a[::-1, ::-1, :]
+
+    def as_slice_first(a):
+        return a.transpose(2, 0, 1)
+
+    a = lesion_montage(ct, pred, truth, tmp_path / "ras.png", affine=ras)
+    b = lesion_montage(as_lps(ct), as_lps(pred), as_lps(truth), tmp_path / "lps.png", affine=lps)
+    c = lesion_montage(
+        as_slice_first(ct), as_slice_first(pred), as_slice_first(truth), tmp_path / "sf.png", affine=slice_first
+    )
+    np.testing.assert_array_equal(_panel_pixels(a), _panel_pixels(b))
+    np.testing.assert_array_equal(_panel_pixels(a), _panel_pixels(c))
+
+
+def test_montage_puts_the_patients_right_on_the_left(tmp_path):
+    ct, pred, truth, ras = _ras_case()
+    png = _panel_pixels(lesion_montage(ct, pred, truth, tmp_path / "m.png", n_slices=1, affine=ras, crop=False))
+    bright = np.argwhere(png.min(axis=-1) > 200)  # the marker (white), not the background (also white)...
+    dark = np.argwhere(png.sum(axis=-1) < 3 * 250)
+    left, right = dark[:, 1].min(), dark[:, 1].max()
+    marker_cols = [c for r, c in bright if left < c < right and dark[:, 0].min() < r < dark[:, 0].max()]
+    assert marker_cols and np.mean(marker_cols) < (left + right) / 2
+
+
+def test_stored_slice_index_is_recovered_for_labels():
+    from coinseg.reporting.montage import _to_ras
+
+    volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    (ras,), axis, backwards = _to_ras([volume], np.diag([1.0, 1.0, -3.0, 1.0]))  # stored superior-to-inferior
+    assert (axis, backwards) == (2, True)
+    # display slice k is stored slice K - 1 - k (and the first axis is flipped for the radiological view)
+    np.testing.assert_array_equal(ras[:, :, 0], volume[::-1, :, 3])
+    slice_first = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])  # stored axis 0 = S
+    (ras,), axis, backwards = _to_ras([volume.transpose(2, 0, 1)], slice_first)
+    assert (axis, backwards) == (0, False)
+    np.testing.assert_array_equal(ras, volume[::-1])
+
+
+def test_crop_is_one_square_around_all_lesions():
+    from coinseg.reporting.montage import _lesion_box
+
+    pred = np.zeros((100, 80), bool)
+    pred[40:44, 30:34] = True
+    truth = np.zeros_like(pred)
+    truth[50:52, 36:40] = True
+    rows, cols = _lesion_box([pred], [truth])
+    assert rows.stop - rows.start == cols.stop - cols.start == 2 * 16  # lesions span 12 x 10: the 16 minimum
+    assert rows.start <= 40 and rows.stop >= 52 and cols.start <= 30 and cols.stop >= 40
+    edge = np.zeros_like(pred)
+    edge[0:3, 78:80] = True  # a lesion at the corner: the square is shifted inside the image
+    rows, cols = _lesion_box([edge], [None])
+    assert (rows.start, cols.stop) == (0, 80) and rows.stop - rows.start == cols.stop - cols.start == 32
+    assert _lesion_box([np.zeros_like(pred)], [None]) is None

@@ -108,6 +108,12 @@ def remove_small_lesions(
     return keep[labels]
 
 
+def postprocess_volume(mask: np.ndarray, affine: np.ndarray, min_volume_mm3: float = MIN_LESION_MM3) -> np.ndarray:
+    """:func:`remove_small_lesions` with the spacing read from the volume's ``4 x 4`` affine (the volume's own
+    geometry, e.g. the NIfTI mask ``segment`` writes); returns a new boolean mask of the same shape."""
+    return remove_small_lesions(mask, spacing_from_affine(affine), min_volume_mm3)
+
+
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice ``2 |P & T| / (|P| + |T|)`` over all voxels; 1.0 when both masks are empty, 0.0 when only one is.
 

@@ -133,8 +133,9 @@ def write_dicom_seg(
             leaves the anatomic region out.
 
     Returns:
-        ``path``. Frames without any lesion are omitted from the SEG (highdicom's default); each written frame
-        references its source slice and carries that slice's ``ImagePositionPatient``.
+        ``path``. Frames without any lesion are omitted from the SEG (highdicom's default; an all-empty mask
+        keeps every frame, as a SEG needs one); each written frame references its source slice and carries that
+        slice's ``ImagePositionPatient``.
 
     Raises:
         DicomSegUnavailable: highdicom is not installed.

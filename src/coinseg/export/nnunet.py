@@ -220,21 +220,48 @@ def _ct_paths(cases_csv: Path) -> dict[str, Path]:
     return paths
 
 
+def _ct_sources(cases: Path, masked: set[str]) -> tuple[dict[str, Path], Path]:
+    """``({case: CT path}, where they were read)``: from a prepared DATASET_DIR (``store/<case>/geometry.json``
+    name each case's source scan), else from a CSV or a folder's ``manifest.csv`` (:func:`_ct_paths`).
+
+    Raises:
+        ExportError: a case of ``masked`` was prepared with ``--inject``: its source scan does not hold the
+            injected lesions (only the store does), so masks of them would label lesions that are not there.
+    """
+    from coinseg.data.store import read_geometry
+
+    store = cases / "store"
+    if not (cases.is_dir() and store.is_dir()):
+        return _ct_paths(cases / "manifest.csv" if cases.is_dir() else cases), cases
+    paths = {}
+    for file in sorted(store.glob("*/geometry.json")):
+        geometry = read_geometry(cases, file.parent.name)
+        if geometry.case in masked and "inject" in geometry.extra:
+            raise ExportError(
+                f"{file.parent}: prepared with --inject; the source CT does not hold the injected lesions, so it "
+                "cannot be exported with masks of them (export a dataset prepared without --inject)"
+            )
+        paths[geometry.case] = Path(geometry.source)
+    return paths, store
+
+
 def segment_out_cases(
     segment_out: Path, cases_csv: Path, ignore_below: float | None = None
 ) -> tuple[Iterator[NnunetCase], list[str]]:
     """The cases of a ``segment`` output folder, for :func:`export_nnunet`.
 
     Reads ``SEGMENT_OUT/masks/<case>.nii.gz`` (nonzero = lesion) and, with ``ignore_below``,
-    ``SEGMENT_OUT/maps/<case>.nii.gz`` (``|x - x_cf| / 2``); each case's CT comes from ``cases_csv`` (see
-    :func:`_ct_paths`; a folder means its ``manifest.csv``).
+    ``SEGMENT_OUT/maps/<case>.nii.gz`` (``|x - x_cf| / 2``); each case's CT comes from ``cases_csv``: a
+    prepared DATASET_DIR (its ``store/<case>/geometry.json``), a CSV, or a folder's ``manifest.csv`` (see
+    :func:`_ct_sources`). A case whose source is a DICOM series is refused (NIfTI only, for now).
 
     Returns:
         ``(cases, unmasked)``: the cases in case order, each mask read only when the case is written; and the
         CSV's cases that have no mask (not exported; the caller says how many).
 
     Raises:
-        ExportError: no masks, a mask whose case the CSV does not name, a missing map.
+        ExportError: no masks, a mask whose case the CSV does not name, a missing map, a case prepared with
+            ``--inject``.
     """
     if ignore_below is not None:
         uncertain_voxels(np.zeros(1), ignore_below)  # validate the option before any work
@@ -242,8 +269,7 @@ def segment_out_cases(
     masks = {_case_of(p): p for p in sorted(masks_dir.glob("*.nii.gz"))} if masks_dir.is_dir() else {}
     if not masks:
         raise ExportError(f"{masks_dir}: no per-volume masks (<case>.nii.gz) found")
-    csv_path = Path(cases_csv) / "manifest.csv" if Path(cases_csv).is_dir() else Path(cases_csv)
-    cts = _ct_paths(csv_path)
+    cts, csv_path = _ct_sources(Path(cases_csv), set(masks))
     unknown = sorted(set(masks) - set(cts))
     if unknown:
         raise ExportError(
