@@ -25,6 +25,7 @@ FLOORS = {
     "coinseg.losses": 1,
     "coinseg.evaluation": 1,  # the package's __init__; its modules are placed one by one
     "coinseg.evaluation.metrics": 1,
+    "coinseg.evaluation.cases": 1,
     "coinseg.evaluation.fid": 1,
     "coinseg.reporting": 1,
     "coinseg.models": 2,
