@@ -176,11 +176,10 @@ def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> di
     if rule.save_maps:
         write_nifti(maps.astype(np.float32), affine, out / "maps" / f"{job.name}.nii.gz")
     if rule.dicom_seg and job.dicom is not None:
-        from coinseg.export.dicom_seg import write_dicom_seg
+        from coinseg.export.dicom_seg import frames_from_series_volume, write_dicom_seg
 
         files = sorted(p for p in job.dicom.iterdir() if p.is_file() and not p.name.startswith("."))
-        # the series reader's volume is columns x rows x slices (slices in spatial order): frames are slices x rows x cols
-        write_dicom_seg(files, mask.transpose(2, 1, 0), out / "masks" / f"{job.name}.seg.dcm")
+        write_dicom_seg(files, frames_from_series_volume(mask), out / "masks" / f"{job.name}.seg.dcm")
     return {
         "prob": f"{float(probs.max()):.6f}",
         "prob_cf": f"{float(probs_cf.max()):.6f}",

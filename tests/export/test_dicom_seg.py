@@ -8,7 +8,14 @@ import pytest
 
 from coinseg.config import ConfigError
 from coinseg.export import dicom_seg
-from coinseg.export.dicom_seg import DicomSegError, DicomSegUnavailable, parse_code, sort_by_position, write_dicom_seg
+from coinseg.export.dicom_seg import (
+    DicomSegError,
+    DicomSegUnavailable,
+    frames_from_series_volume,
+    parse_code,
+    sort_by_position,
+    write_dicom_seg,
+)
 
 SERIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dicom-ct-series"
 SERIES = SERIES if SERIES.is_dir() else Path("/work/shared/data/dicom-ct-series")
@@ -72,6 +79,30 @@ def test_seg_frames_sit_at_their_source_slices(tmp_path):
         np.testing.assert_allclose(position, [float(v) for v in ordered[k].ImagePositionPatient], atol=1e-3)
         np.testing.assert_array_equal(pixels, mask[k])
     assert sorted(found) == lesion_frames
+
+
+@needs_series
+def test_a_mask_of_the_read_volume_lands_at_the_same_world_position(tmp_path):
+    """Volume voxel -> world (reader's RAS affine) equals SEG frame pixel -> world (its own LPS geometry)."""
+    pytest.importorskip("highdicom")
+    from coinseg.io.dicom import read_series
+
+    files = _with_uids(tmp_path)
+    series = read_series(files[0].parent)
+    volume_mask = np.zeros(series.data.shape, bool)
+    voxel = (400, 120, 6)  # column 400, row 120, 7th slice from the lowest position
+    volume_mask[voxel] = True
+    seg = pydicom.dcmread(write_dicom_seg(files, frames_from_series_volume(volume_mask), tmp_path / "p.dcm"))
+    frame = seg.PerFrameFunctionalGroupsSequence[0]
+    r, c = np.argwhere(seg.pixel_array.reshape(-1, 512, 512)[0])[0]
+    origin = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+    orientation = np.array(
+        [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient]
+    )
+    spacing = [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
+    lps = origin + c * spacing[1] * orientation[:3] + r * spacing[0] * orientation[3:]
+    ras = series.affine @ np.array([*voxel, 1.0])
+    np.testing.assert_allclose(lps * [-1, -1, 1], ras[:3], atol=1e-3)
 
 
 @needs_series

@@ -8,8 +8,8 @@ content description say RESEARCH USE ONLY: these weak masks are not for clinical
 
 Frame order: ``mask[k]`` belongs to the k-th source slice in the series' spatial order, i.e. sorted by
 ``ImagePositionPatient`` projected on the slice normal (``ImageOrientationPatient`` row x column), ascending, as
-:func:`sort_by_position` returns it and as coinseg's DICOM series reader stacks the volume
-(its volume ``X x Y x Z`` = columns x rows x slices, so ``frames = volume_mask.transpose(2, 1, 0)``).
+:func:`sort_by_position` returns it and as :func:`coinseg.io.dicom.read_series` stacks the volume; a mask of that
+volume (``X x Y x Z`` = columns x rows x slices) becomes frames with :func:`frames_from_series_volume`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ class DicomSegUnavailable(ConfigError):
 def _require_highdicom() -> None:
     if importlib.util.find_spec("highdicom") is None:
         raise DicomSegUnavailable("--dicom-seg needs highdicom: pip install 'coinseg[dicom-seg]'")
+
+
+def frames_from_series_volume(volume_mask: np.ndarray) -> np.ndarray:
+    """A mask on the voxel grid of :func:`coinseg.io.dicom.read_series` (``X x Y x Z``: DICOM columns, rows,
+    slices sorted by position) -> ``Z x Rows x Columns`` frames for :func:`write_dicom_seg`."""
+    m = np.asarray(volume_mask, dtype=bool)
+    if m.ndim != 3:
+        raise ValueError(f"expected an X x Y x Z mask, got shape {m.shape}")
+    return np.ascontiguousarray(m.transpose(2, 1, 0))
 
 
 def parse_code(text: str) -> tuple[str, str, str]:
