@@ -95,3 +95,38 @@ def test_postprocess_removes_small_lesions_in_3d(
     segment(coin_run, tmp_path / "ds", gone, split="all", device="cpu", postprocess=True, min_lesion_mm3=1e6)
     assert all(np.asarray(nib.load(p).dataobj).any() for p in (kept / "masks").glob("*.nii.gz"))
     assert not any(np.asarray(nib.load(p).dataobj).any() for p in (gone / "masks").glob("*.nii.gz"))
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data fixtures not present")
+def test_dicom_series_gives_a_nifti_and_a_dicom_seg_on_the_same_voxels(
+    coin_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """segment --dicom-seg on a DICOM series: the SEG frames hold exactly the NIfTI mask's voxels, frame by
+    frame in the series' spatial order."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    series = tmp_path / "series"
+    series.mkdir()
+    study, uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for file in sorted((SHARED / "dicom-ct-series").glob("*.dcm")):  # anonymised copy: UIDs a PACS would carry
+        ds = pydicom.dcmread(file)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, uid
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.save_as(series / file.stem)  # extension-less names, as PACS exports often are
+
+    def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64):  # noqa: ANN202
+        return np.zeros(len(arrays)), np.zeros(len(arrays)), [(a > 300).astype(np.float32) for a in arrays]
+
+    monkeypatch.setattr(Predictor, "run", bright)
+    out = tmp_path / "seg"
+    segment(coin_run, series, out, device="cpu", dicom_seg=True)
+    mask = np.asarray(nib.load(out / "masks" / "series.nii.gz").dataobj) > 0  # columns x rows x slices
+    seg = pydicom.dcmread(out / "masks" / "series.seg.dcm")
+    sources = {pydicom.dcmread(f).file_meta.MediaStorageSOPInstanceUID: f for f in series.iterdir()}
+    positions = sorted(float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in series.iterdir())
+    frames = seg.pixel_array.reshape(-1, *seg.pixel_array.shape[-2:])
+    assert mask.any() and len(frames) == int(mask.any(axis=(0, 1)).sum())
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        z = positions.index(float(pydicom.dcmread(sources[source]).ImagePositionPatient[2]))
+        assert np.array_equal(frame.astype(bool), mask[:, :, z].T)
