@@ -138,13 +138,25 @@ class _Reader:
                 if problem:
                     raise StudyError(f"{file}: {what} mask {problem}")
                 self.cache[file] = volume
-            data = self.cache[file].data
-            part = np.isin(data, spec.labels) if spec.labels else data != 0
-            if what == "organ" and not part.any():
+            before = int(np.count_nonzero(out)) if what == "organ" else 0
+            _select(self.cache[file].data, spec.labels, out)
+            if what == "organ" and int(np.count_nonzero(out)) == before:
                 asked = spec.names[number] if spec.names else ",".join(map(str, spec.labels)) or "nonzero"
                 raise StudyError(f"{file}: organ {asked!r} absent from this case (no voxel)")
-            out |= part
         return out
+
+
+def _select(data: np.ndarray, labels: tuple[int, ...], out: np.ndarray, chunk: int = 16) -> None:
+    """``out |= (data in labels)`` (or ``data != 0`` without labels), in slabs along the slowest axis: fresh
+    full-volume temporaries cost more than the comparisons (page faults)."""
+    axis = int(np.argmax(data.strides))
+    for start in range(0, data.shape[axis], chunk):
+        block = (slice(None),) * axis + (slice(start, start + chunk),)
+        part, target = data[block], out[block]
+        if not labels:
+            target |= part != 0
+        for value in labels:
+            target |= part == value
 
 
 def _case_rng(seed: int, case: str) -> np.random.Generator:
@@ -164,11 +176,13 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
     affine, data = image.affine, image.data
     slice_axis = display_axes(affine)[0]
     others = tuple(a for a in range(3) if a != slice_axis)
-    region = organ | lesion if organ is not None and lesion is not None else organ
-    lesion_mm2 = lesion.sum(axis=others) * in_plane_area_mm2(affine, slice_axis) if lesion is not None else None
+    regions = [m for m in (organ, lesion) if m is not None] if organ is not None else []
+    lesion_mm2 = (
+        np.count_nonzero(lesion, axis=others) * in_plane_area_mm2(affine, slice_axis) if lesion is not None else None
+    )
     labels, counts = slice_labels(
         data.shape[slice_axis],
-        np.asarray(region.any(axis=others)) if region is not None else None,
+        np.logical_or.reduce([m.any(axis=others) for m in regions]) if regions else None,
         lesion_mm2,
         options.min_lesion_mm2,
         case.label if lesion is None else None,
@@ -178,12 +192,12 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
         counts["excluded: real lesion (with --inject)"] = int(real.sum())
         counts["abnormal"] -= int(real.sum())
         labels[real] = -1
-    roi = options.roi and region is not None
-    if options.roi and region is None:
+    roi = options.roi and bool(regions)
+    if options.roi and not regions:
         notes.append("no organ mask: full slices stored")
     spacing = options.spacing_mm if options.spacing_mm is not None else (DEFAULT_SPACING_MM if roi else None)
     geometry = plan_geometry(
-        case.name, str(case.image.resolve()), data.shape, affine, region if roi else None, options.margin_mm, spacing
+        case.name, str(case.image.resolve()), data.shape, affine, regions if roi else None, options.margin_mm, spacing
     )
     keep = np.flatnonzero(labels >= 0)
     if keep.size == 0:
