@@ -4,8 +4,8 @@ large slice store at 256 px (peak RSS, time to the first step).
 Part 1 writes an nnU-Net-layout study of ``--n-volumes`` synthetic CTs, 512 x 512 x Z (Z cycling over
 100-300 planes, 0.78 mm pixels, 1.5-3 mm planes; a body ellipse, two kidneys, a tumour in half of them;
 cheap, piecewise-constant volumes that gzip well), then runs ``prepare`` in a subprocess
-(``--workers``) and reports wall time per volume and the subprocess tree's peak RSS (largest single process,
-``ru_maxrss`` of the children). The 512 x 512 x 300 volume is also prepared alone (one worker) for the
+(``--workers``) and reports wall time per volume and peak RSS: the largest of the prepare process's own
+VmHWM and its workers' ``ru_maxrss`` (a forked worker's figure includes what it shares with its parent). The 512 x 512 x 300 volume is also prepared alone (one worker) for the
 per-volume target.
 
 Part 2 writes a store of ``--store-slices`` int16 slices of 256 x 256 (random organ-like blobs; one
@@ -73,15 +73,22 @@ def write_study(root: Path, n: int) -> float:
     return time.perf_counter() - tic
 
 
+# VmHWM: this process's own peak RSS; ru_maxrss of a fork+exec child also counts its parent's pages at fork.
+OWN_PEAK = (
+    "def own_peak_kib():\n"
+    "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+)
+
+
 def run_prepare(source: Path, out: Path, workers: int) -> dict[str, float]:
-    code = (
+    code = OWN_PEAK + (
         "import sys, time, resource; from pathlib import Path;"
         "from coinseg.data.build import PrepareOptions, prepare_study;"
         "t = time.perf_counter();"
         f"s = prepare_study(Path({str(source)!r}), Path({str(out)!r}), "
         f"PrepareOptions(organ_labels=(1,), lesion_labels=(2,), workers={workers}), lambda _: None);"
         "print(time.perf_counter() - t, s.n_cases, s.n_slices, "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        "own_peak_kib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     seconds, cases, slices, rss_self, rss_children = result.stdout.split()[-5:]
@@ -121,7 +128,9 @@ def write_store(root: Path, n_slices: int, per_case: int = 100) -> Path:
     return root / "manifest.csv"
 
 
-TRAIN_CODE = """
+TRAIN_CODE = (
+    OWN_PEAK
+    + """
 import sys, time, resource, json
 t0 = time.perf_counter()
 import torch, torch.nn.functional as F
@@ -134,6 +143,7 @@ settings = profile_settings("paper")
 cfg = settings.classifier
 torch.set_num_threads(2)
 data = prepare_data(Path(sys.argv[1]), settings.data.size, settings.data.percentiles)
+data_s = time.perf_counter() - t0
 model = build_classifier(cfg.arch, cfg.widths)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 g = torch.Generator().manual_seed(0)
@@ -144,10 +154,11 @@ for step in range(int(sys.argv[2])):
     loss = F.binary_cross_entropy_with_logits(model(x).float(), data.train.labels[idx])
     opt.zero_grad(); loss.backward(); opt.step()
     times.append(time.perf_counter() - t0)
-print(json.dumps({"first_step_s": times[0], "steps": len(times), "last_step_s": times[-1],
+print(json.dumps({"data_ready_s": data_s, "first_step_s": times[0], "steps": len(times), "last_step_s": times[-1],
     "train_slices": len(data.train), "val_slices": len(data.val), "lazy_train": type(data.train.images).__name__,
-    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    "peak_rss_gib": own_peak_kib() / 2**20}))
 """
+)
 
 
 def main() -> None:
