@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import zlib
 from collections import Counter
@@ -62,6 +63,7 @@ DEFAULT_BLOB_MM = 30.0
 DEFAULT_SPACING_MM = 1.0
 DEFAULT_MARGIN_MM = 10.0
 INJECT_TRIES = 20
+ALPHA = 0.9  # the paper's blob weight on the [0, 1] window scale
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
 
 
@@ -220,7 +222,7 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
             "p": options.inject_p,
             "blob_mm": options.blob_mm,
             "window_hu": list(window),
-            "alpha": 0.9,
+            "alpha": ALPHA,
         }
         geometry.slice_index = [i for i, k in zip(geometry.slice_index, keep_mask, strict=True) if k]
         stack, lesion_stack, stored_labels = stack[keep_mask], lesion_stack[keep_mask], stored_labels[keep_mask]
@@ -271,7 +273,7 @@ def _inject(
     for n in sorted(chosen.tolist()):
         unit = hu_to_unit(stack[n], window)
         for _ in range(INJECT_TRIES):
-            result = inject_anomaly(unit, organ[n], rng, p=1.0, size=size)
+            result = inject_anomaly(unit, organ[n], rng, p=1.0, alpha=ALPHA, size=size)
             if result.injected:
                 break
         if not result.injected:
@@ -297,8 +299,6 @@ def _run(job: tuple[Case, PrepareOptions, Path]) -> CaseResult | str:
     except (StudyError, ImageReadError) as exc:
         folder = case_folder(dataset_dir, case.name)
         if folder.exists():
-            import shutil
-
             shutil.rmtree(folder)
         return f"{case.where + ': ' if case.where else ''}{exc}"
 
