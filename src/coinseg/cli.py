@@ -89,6 +89,18 @@ def _ids(text: str | None, option: str) -> tuple[int, ...]:
         raise typer.BadParameter(f"{text!r}: expected comma-separated integers", param_hint=option) from None
 
 
+def _window(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected LO,HI in HU", param_hint="--inject-window") from None
+    if not hi > lo:
+        raise typer.BadParameter(f"{text!r}: expected LO < HI", param_hint="--inject-window")
+    return lo, hi
+
+
 @app.command()
 @user_errors
 def prepare(
@@ -105,6 +117,10 @@ def prepare(
     inject: Annotated[bool, typer.Option(help="inject the paper's synthetic anomaly into the organ")] = False,
     inject_p: Annotated[float, typer.Option(help="fraction of eligible slices that get an anomaly")] = 0.65,
     blob_mm: Annotated[float, typer.Option(help="anomaly template size in mm (paper: 20 px at ~1.5 mm)")] = 30.0,
+    inject_window: Annotated[
+        str | None,
+        typer.Option(help="LO,HI HU window the anomaly's 0.9 is relative to (default: each case's organ p0.5-p99.5)"),
+    ] = None,
     roi: Annotated[bool, typer.Option("--roi/--full-slice", help="crop around the organ, or keep whole slices")] = True,
     margin_mm: Annotated[float, typer.Option(help="ROI margin around the organ, mm")] = 10.0,
     spacing_mm: Annotated[
@@ -136,6 +152,7 @@ def prepare(
         inject=inject,
         inject_p=inject_p,
         blob_mm=blob_mm,
+        inject_window=_window(inject_window),
         roi=roi,
         margin_mm=margin_mm,
         spacing_mm=spacing_mm,

@@ -1,6 +1,6 @@
 """coinseg prepare on KiTS-, nnU-Net- and TotalSegmentator-layout studies: labels, round trips, bad inputs."""
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -13,68 +13,12 @@ from coinseg.data.roi import display_axes, paste_back
 from coinseg.data.store import open_case
 from coinseg.data.study import Layout, StudyError
 
+KIDNEY_PLANES = range(2, 10)  # as built by tests/data/conftest.py
+TUMOUR_PLANES = (4, 5, 6)
+CAP_PLANE = 7
+
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_fixtures = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data fixtures not present")
-
-KIDNEY_PLANES = range(2, 10)  # stored-axis indices holding kidney
-TUMOUR_PLANES = (4, 5, 6)  # 6 x 6 voxels of 1.5 mm = 81 mm^2: abnormal
-CAP_PLANE = 7  # one tumour voxel (2.25 mm^2 < 25): excluded
-
-
-def _oblique(zooms: tuple[float, float, float]) -> np.ndarray:
-    a = np.deg2rad(15.0)
-    affine = np.eye(4)
-    affine[:3, :3] = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ np.diag(zooms)
-    return affine
-
-
-def _affine(kind: str) -> np.ndarray:
-    """Voxel -> RAS affines. In-plane 1.5 mm, 3 mm planes; "kits": slice-first like KiTS (axis 0 = I-S)."""
-    if kind == "RAS":
-        return np.diag([1.5, 1.5, 3.0, 1.0])
-    if kind == "LPS":
-        return np.diag([-1.5, -1.5, 3.0, 1.0])
-    if kind == "kits":
-        return np.array([[0, 0, -1.5, 0], [0, -1.5, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1.0]])
-    return _oblique((1.5, 1.5, 3.0))
-
-
-def _case_arrays(kind: str, shift: int) -> tuple[np.ndarray, np.ndarray]:
-    """(CT int16, labels uint8 1 kidney / 2 tumour) with planes along the affine's S-I axis."""
-    n_planes, n = 12, 32
-    seg = np.zeros((n, n, n_planes), np.uint8)  # (a, b, plane) then moved to the stored order
-    for z in KIDNEY_PLANES:
-        seg[8 + shift : 24 + shift, 6:20, z] = 1
-    for z in TUMOUR_PLANES:
-        seg[12 + shift : 18 + shift, 9:15, z] = 2
-    seg[14 + shift, 10, CAP_PLANE] = 2
-    ct = np.where(seg > 0, 150, -50).astype(np.int16)
-    if kind == "kits":  # slice-first
-        return np.ascontiguousarray(np.moveaxis(ct, 2, 0)), np.ascontiguousarray(np.moveaxis(seg, 2, 0))
-    return ct, seg
-
-
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), path)
-
-
-def _kits(root: Path, n_cases: int = 3) -> Path:
-    for i in range(n_cases):
-        ct, seg = _case_arrays("kits", i)
-        _save(ct, _affine("kits"), root / f"case_{i:05d}" / "imaging.nii.gz")
-        _save(seg, _affine("kits"), root / f"case_{i:05d}" / "segmentation.nii.gz")
-    return root
-
-
-def _nnunet(root: Path) -> Path:
-    for i, kind in enumerate(("RAS", "LPS", "oblique")):
-        ct, seg = _case_arrays(kind, i)
-        _save(ct, _affine(kind), root / "imagesTr" / f"kid_{i:03d}_0000.nii.gz")
-        _save(seg, _affine(kind), root / "labelsTr" / f"kid_{i:03d}.nii.gz")
-    meta = {"labels": {"background": 0, "kidney": 1, "tumor": 2}, "file_ending": ".nii.gz", "numTraining": 3}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
 
 
 def _check_labels_and_round_trip(out: Path, source_seg: dict[str, Path]) -> None:
@@ -102,8 +46,8 @@ def _check_labels_and_round_trip(out: Path, source_seg: dict[str, Path]) -> None
         assert max(stored.image.shape[1:]) <= 16 * 1.5 + 20 + 2
 
 
-def test_kits_layout_labels_and_round_trip(tmp_path: Path) -> None:
-    root = _kits(tmp_path / "kits")
+def test_kits_layout_labels_and_round_trip(tmp_path: Path, kits_study: Callable[[Path, int], Path]) -> None:
+    root = kits_study(tmp_path / "kits", 3)
     lines: list[str] = []
     summary = prepare_study(root, tmp_path / "out", PrepareOptions(), lines.append)
     assert summary.layout == "kits" and summary.n_cases == 3
@@ -114,8 +58,8 @@ def test_kits_layout_labels_and_round_trip(tmp_path: Path) -> None:
     assert any(line.startswith("split test: 1 cases") for line in lines)
 
 
-def test_nnunet_layout_ras_lps_oblique(tmp_path: Path) -> None:
-    root = _nnunet(tmp_path / "nnunet")
+def test_nnunet_layout_ras_lps_oblique(tmp_path: Path, nnunet_study: Callable[[Path], Path]) -> None:
+    root = nnunet_study(tmp_path / "nnunet")
     options = PrepareOptions(organ_names=("kidney",), lesion_labels=(2,), workers=2)
     summary = prepare_study(root, tmp_path / "out", options, lambda _: None)
     assert summary.layout == "nnunet"
@@ -123,14 +67,14 @@ def test_nnunet_layout_ras_lps_oblique(tmp_path: Path) -> None:
     _check_labels_and_round_trip(tmp_path / "out", seg)
 
 
-def test_nnunet_without_lesion_labels_lists_the_labels(tmp_path: Path) -> None:
-    root = _nnunet(tmp_path / "nnunet")
+def test_nnunet_without_lesion_labels_lists_the_labels(tmp_path: Path, nnunet_study: Callable[[Path], Path]) -> None:
+    root = nnunet_study(tmp_path / "nnunet")
     with pytest.raises(StudyError, match="needs --lesion-labels .*kidney=1, tumor=2"):
         prepare_study(root, tmp_path / "out", PrepareOptions(), lambda _: None)
 
 
-def test_full_slice_keeps_the_source_grid(tmp_path: Path) -> None:
-    root = _kits(tmp_path / "kits")
+def test_full_slice_keeps_the_source_grid(tmp_path: Path, kits_study: Callable[[Path, int], Path]) -> None:
+    root = kits_study(tmp_path / "kits", 3)
     prepare_study(root, tmp_path / "out", PrepareOptions(roi=False), lambda _: None)
     stored = open_case(tmp_path / "out", "case_00000")
     assert stored.image.shape[1:] == (32, 32) and stored.geometry.mode == "full"
@@ -159,8 +103,8 @@ def test_totalsegmentator_inject_realises_p(tmp_path: Path) -> None:
     assert stored.image.shape[1] >= 150  # kidneys cropped and resampled to 1 mm from 3 mm
 
 
-def test_case_missing_segmentation_fails_or_is_skipped(tmp_path: Path) -> None:
-    root = _kits(tmp_path / "kits", 4)
+def test_case_missing_segmentation_fails_or_is_skipped(tmp_path: Path, kits_study: Callable[[Path, int], Path]) -> None:
+    root = kits_study(tmp_path / "kits", 4)
     (root / "case_00002" / "segmentation.nii.gz").unlink()
     with pytest.raises(StudyError, match=r"case_00002/segmentation.nii.gz: organ file missing"):
         prepare_study(root, tmp_path / "out", PrepareOptions(), lambda _: None)
@@ -171,8 +115,8 @@ def test_case_missing_segmentation_fails_or_is_skipped(tmp_path: Path) -> None:
     assert any("skipped case case_00002" in line and "segmentation.nii.gz" in line for line in lines)
 
 
-def test_unreadable_volume_mid_study(tmp_path: Path) -> None:
-    root = _kits(tmp_path / "kits", 4)
+def test_unreadable_volume_mid_study(tmp_path: Path, kits_study: Callable[[Path, int], Path]) -> None:
+    root = kits_study(tmp_path / "kits", 4)
     (root / "case_00001" / "imaging.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(StudyError, match=r"case_00001/imaging.nii.gz: unreadable volume"):
         prepare_study(root, tmp_path / "out", PrepareOptions(), lambda _: None)
@@ -180,15 +124,15 @@ def test_unreadable_volume_mid_study(tmp_path: Path) -> None:
     assert list(summary.skipped) == ["case_00001"] and "unreadable" in summary.skipped["case_00001"]
 
 
-def test_organ_label_absent_from_a_case(tmp_path: Path) -> None:
-    root = _kits(tmp_path / "kits")
+def test_organ_label_absent_from_a_case(tmp_path: Path, kits_study: Callable[[Path, int], Path]) -> None:
+    root = kits_study(tmp_path / "kits", 3)
     with pytest.raises(StudyError, match=r"case_00000/segmentation.nii.gz: organ '5' absent"):
         prepare_study(root, tmp_path / "out", PrepareOptions(organ_labels=(5,)), lambda _: None)
 
 
 @pytest.mark.parametrize("problem", ["shape", "affine"])
-def test_mask_off_the_image_grid(tmp_path: Path, problem: str) -> None:
-    root = _kits(tmp_path / "kits")
+def test_mask_off_the_image_grid(tmp_path: Path, problem: str, kits_study: Callable[[Path, int], Path]) -> None:
+    root = kits_study(tmp_path / "kits", 3)
     seg_path = root / "case_00001" / "segmentation.nii.gz"
     seg = nib.load(seg_path)
     data, affine = np.asarray(seg.dataobj), seg.affine.copy()
@@ -196,7 +140,7 @@ def test_mask_off_the_image_grid(tmp_path: Path, problem: str) -> None:
         data = data[:, :-1]
     else:
         affine[0, 3] += 2.0
-    _save(data, affine, seg_path)
+    nib.save(nib.Nifti1Image(data, affine), seg_path)
     with pytest.raises(StudyError, match=rf"case_00001/segmentation.nii.gz: organ mask {problem}"):
         prepare_study(root, tmp_path / "out", PrepareOptions(), lambda _: None)
 
@@ -207,8 +151,8 @@ def test_layout_not_detected(tmp_path: Path) -> None:
         prepare_study(tmp_path / "empty", tmp_path / "out", PrepareOptions(layout=Layout.auto), lambda _: None)
 
 
-def test_csv_layout_labels_from_lesion_masks(tmp_path: Path) -> None:
-    _kits(tmp_path / "kits", 3)
+def test_csv_layout_labels_from_lesion_masks(tmp_path: Path, kits_study: Callable[[Path, int], Path]) -> None:
+    kits_study(tmp_path / "kits", 3)
     rows = ["volume,label,lesion,organ,case,split"]
     for i, split in enumerate(("train", "val", "test")):
         case = f"kits/case_{i:05d}"

@@ -53,7 +53,7 @@ def test_mask_round_trips_to_the_voxel(name: str, spacing: float | None) -> None
     affine = AFFINES[name]
     slice_axis = display_axes(affine)[0]
     lesion = _lesion(slice_axis)
-    geometry = plan_geometry("c", "x", SHAPE, affine, lesion if spacing else None, 4.0, spacing)
+    geometry = plan_geometry("c", "x", SHAPE, affine, [lesion] if spacing else None, 4.0, spacing)
     other = tuple(a for a in range(3) if a != slice_axis)
     geometry.slice_index = np.flatnonzero(lesion.any(axis=other)).tolist()
     stored = stored_masks(lesion, geometry)
@@ -84,7 +84,7 @@ def test_display_orientation_and_world_position_of_a_stored_pixel() -> None:
 def test_downsampled_store_pastes_back_to_the_nearest_pixel() -> None:
     affine = AFFINES["RAS"]
     lesion = _lesion(2)
-    geometry = plan_geometry("c", "x", SHAPE, affine, lesion, 4.0, 3.0)  # coarser than the 1.5 mm source
+    geometry = plan_geometry("c", "x", SHAPE, affine, [lesion], 4.0, 3.0)  # coarser than the 1.5 mm source
     geometry.slice_index = [4]
     back = paste_back(geometry, stored_masks(lesion, geometry))
     assert back.shape == SHAPE and not back[..., 3].any()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import zlib
 from collections import Counter
@@ -62,6 +63,7 @@ DEFAULT_BLOB_MM = 30.0
 DEFAULT_SPACING_MM = 1.0
 DEFAULT_MARGIN_MM = 10.0
 INJECT_TRIES = 20
+ALPHA = 0.9  # the paper's blob weight on the [0, 1] window scale
 SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
 
 
@@ -138,13 +140,25 @@ class _Reader:
                 if problem:
                     raise StudyError(f"{file}: {what} mask {problem}")
                 self.cache[file] = volume
-            data = self.cache[file].data
-            part = np.isin(data, spec.labels) if spec.labels else data != 0
-            if what == "organ" and not part.any():
+            before = int(np.count_nonzero(out)) if what == "organ" else 0
+            _select(self.cache[file].data, spec.labels, out)
+            if what == "organ" and int(np.count_nonzero(out)) == before:
                 asked = spec.names[number] if spec.names else ",".join(map(str, spec.labels)) or "nonzero"
                 raise StudyError(f"{file}: organ {asked!r} absent from this case (no voxel)")
-            out |= part
         return out
+
+
+def _select(data: np.ndarray, labels: tuple[int, ...], out: np.ndarray, chunk: int = 16) -> None:
+    """``out |= (data in labels)`` (or ``data != 0`` without labels), in slabs along the slowest axis: fresh
+    full-volume temporaries cost more than the comparisons (page faults)."""
+    axis = int(np.argmax(data.strides))
+    for start in range(0, data.shape[axis], chunk):
+        block = (slice(None),) * axis + (slice(start, start + chunk),)
+        part, target = data[block], out[block]
+        if not labels:
+            target |= part != 0
+        for value in labels:
+            target |= part == value
 
 
 def _case_rng(seed: int, case: str) -> np.random.Generator:
@@ -164,12 +178,14 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
     affine, data = image.affine, image.data
     slice_axis = display_axes(affine)[0]
     others = tuple(a for a in range(3) if a != slice_axis)
-    # the organ as stored includes its lesions (KiTS labels a tumour apart from the kidney that holds it)
-    region = organ | lesion if organ is not None and lesion is not None else organ
-    lesion_mm2 = lesion.sum(axis=others) * in_plane_area_mm2(affine, slice_axis) if lesion is not None else None
+    # the organ includes its lesions (KiTS labels a tumour apart from the kidney that holds it)
+    regions = [m for m in (organ, lesion) if m is not None] if organ is not None else []
+    lesion_mm2 = (
+        np.count_nonzero(lesion, axis=others) * in_plane_area_mm2(affine, slice_axis) if lesion is not None else None
+    )
     labels, counts = slice_labels(
         data.shape[slice_axis],
-        np.asarray(region.any(axis=others)) if region is not None else None,
+        np.logical_or.reduce([m.any(axis=others) for m in regions]) if regions else None,
         lesion_mm2,
         options.min_lesion_mm2,
         case.label if lesion is None else None,
@@ -179,12 +195,12 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
         counts["excluded: real lesion (with --inject)"] = int(real.sum())
         counts["abnormal"] -= int(real.sum())
         labels[real] = -1
-    roi = options.roi and region is not None
-    if options.roi and region is None:
+    roi = options.roi and bool(regions)
+    if options.roi and not regions:
         notes.append("no organ mask: full slices stored")
     spacing = options.spacing_mm if options.spacing_mm is not None else (DEFAULT_SPACING_MM if roi else None)
     geometry = plan_geometry(
-        case.name, str(case.image.resolve()), data.shape, affine, region if roi else None, options.margin_mm, spacing
+        case.name, str(case.image.resolve()), data.shape, affine, regions if roi else None, options.margin_mm, spacing
     )
     keep = np.flatnonzero(labels >= 0)
     if keep.size == 0:
@@ -193,8 +209,8 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
         )
     geometry.slice_index = keep.tolist()
     stack = stored_images(data, geometry)
-    organ_stack = stored_masks(region, geometry) if region is not None else None
     lesion_stack = stored_masks(lesion, geometry) if lesion is not None else np.zeros(stack.shape, dtype=bool)
+    organ_stack = stored_masks(organ, geometry) | lesion_stack if organ is not None else None
     stored_labels = labels[keep].astype(np.int8)
     if options.inject:
         if organ is None or organ_stack is None:
@@ -207,7 +223,7 @@ def process_case(case: Case, options: PrepareOptions, dataset_dir: Path) -> Case
             "p": options.inject_p,
             "blob_mm": options.blob_mm,
             "window_hu": list(window),
-            "alpha": 0.9,
+            "alpha": ALPHA,
         }
         geometry.slice_index = [i for i, k in zip(geometry.slice_index, keep_mask, strict=True) if k]
         stack, lesion_stack, stored_labels = stack[keep_mask], lesion_stack[keep_mask], stored_labels[keep_mask]
@@ -258,7 +274,7 @@ def _inject(
     for n in sorted(chosen.tolist()):
         unit = hu_to_unit(stack[n], window)
         for _ in range(INJECT_TRIES):
-            result = inject_anomaly(unit, organ[n], rng, p=1.0, size=size)
+            result = inject_anomaly(unit, organ[n], rng, p=1.0, alpha=ALPHA, size=size)
             if result.injected:
                 break
         if not result.injected:
@@ -284,8 +300,6 @@ def _run(job: tuple[Case, PrepareOptions, Path]) -> CaseResult | str:
     except (StudyError, ImageReadError) as exc:
         folder = case_folder(dataset_dir, case.name)
         if folder.exists():
-            import shutil
-
             shutil.rmtree(folder)
         return f"{case.where + ': ' if case.where else ''}{exc}"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coinseg.errors import CoinsegError
@@ -68,22 +68,35 @@ def read_manifest(path: Path, check_images: bool = True) -> list[Entry]:
         raise ManifestError(f"{path}: no data rows")
     base = path.parent
     entries: list[Entry] = []
-    depths: dict[Path, int] = {}  # each image file is opened once, however many rows point into it
+    seen = _Seen(base)  # each file is located and opened once, however many rows point into it
     for number, raw in enumerate(rows, start=1):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        entries.extend(_parse_row(path, base, number, row, check_images, depths))
+        entries.extend(_parse_row(path, base, number, row, check_images, seen))
     return entries
 
 
-def _parse_row(
-    manifest: Path, base: Path, number: int, row: dict[str, str], check: bool, depths: dict[Path, int]
-) -> list[Entry]:
+@dataclass
+class _Seen:
+    """Per-manifest cache: resolved path and existence per path string, volume depth per image file."""
+
+    base: Path
+    located: dict[str, tuple[Path, bool]] = field(default_factory=dict)
+    depths: dict[Path, int] = field(default_factory=dict)
+
+    def locate(self, value: str) -> tuple[Path, bool]:
+        if value not in self.located:
+            resolved = (self.base / value).resolve()
+            self.located[value] = (resolved, resolved.exists())
+        return self.located[value]
+
+
+def _parse_row(manifest: Path, base: Path, number: int, row: dict[str, str], check: bool, seen: _Seen) -> list[Entry]:
     where = f"{manifest}: row {number}"
     source = row.get("image", "")
     if not source:
         raise ManifestError(f"{where}: empty image path")
-    image = (base / source).resolve()
-    if not image.exists():
+    image, exists = seen.locate(source)
+    if not exists:
         raise ManifestError(f"{where}: image file not found: {source}")
     label_text = row.get("label", "")
     if label_text not in ("0", "1", "0.0", "1.0"):
@@ -95,8 +108,9 @@ def _parse_row(
     optional: dict[str, Path | None] = {}
     for column in ("mask", "organ"):
         value = row.get(column, "")
-        optional[column] = (base / value).resolve() if value else None
-        if value and not (base / value).exists():
+        located, exists = seen.locate(value) if value else (None, True)
+        optional[column] = located
+        if not exists:
             raise ManifestError(f"{where} ({source}): {column} file not found: {value}")
     slice_text = row.get("slice", "")
     index: int | None = None
@@ -107,13 +121,13 @@ def _parse_row(
             raise ManifestError(f"{where} ({source}): slice {slice_text!r} is not an integer") from None
     depth = 0
     if check or suffix_of(image) in (".nii", ".nii.gz") or image.is_dir():
-        if image not in depths:
+        if image not in seen.depths:
             try:
                 loaded = read_image(image)
             except ImageReadError as exc:
                 raise ManifestError(f"{where}: {exc}") from None
-            depths[image] = loaded.array.shape[0] if loaded.is_volume else 0
-        depth = depths[image]
+            seen.depths[image] = loaded.array.shape[0] if loaded.is_volume else 0
+        depth = seen.depths[image]
         if depth:
             if index is not None and not 0 <= index < depth:
                 raise ManifestError(f"{where} ({source}): slice {index} outside 0..{depth - 1}")

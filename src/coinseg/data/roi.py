@@ -123,14 +123,15 @@ def plan_geometry(
     source: str,
     shape: tuple[int, int, int],
     affine: np.ndarray,
-    region: np.ndarray | None,
+    regions: list[np.ndarray] | None,
     margin_mm: float,
     spacing_mm: float | None,
 ) -> CaseGeometry:
     """The geometry of a case, before choosing which planes to store (``slice_index`` empty).
 
-    ``region``: bool array of the source shape (organ and lesion voxels): with it, mode "roi": one square box
-    per case, the in-plane bounding box of ``region`` over all planes plus ``margin_mm`` per side, resampled to
+    ``regions``: bool arrays of the source shape whose union is the organ region (e.g. organ and lesion masks):
+    with them, mode "roi": one square box per case, the in-plane bounding box of that union over all planes
+    plus ``margin_mm`` per side, resampled to
     ``spacing_mm`` (required). Without it, mode "full": the whole plane, resampled to ``spacing_mm`` when given
     (pixel-area aligned), else kept at the source grid (only flipped/transposed for display).
     """
@@ -138,12 +139,11 @@ def plan_geometry(
     spacing = voxel_spacing(affine)
     n_rows, n_cols = shape[row_axis], shape[col_axis]
     sr, sc = float(spacing[row_axis]), float(spacing[col_axis])
-    if region is not None:
+    if regions:
         if spacing_mm is None or spacing_mm <= 0:
             raise ValueError("ROI mode needs a positive --spacing-mm")
-        other = tuple(i for i in range(3) if i not in (row_axis, col_axis))
-        rows_hit = np.flatnonzero(region.any(axis=tuple(sorted(other + (col_axis,)))))
-        cols_hit = np.flatnonzero(region.any(axis=tuple(sorted(other + (row_axis,)))))
+        rows_hit = np.flatnonzero(np.logical_or.reduce([m.any(axis=(slice_axis, col_axis)) for m in regions]))
+        cols_hit = np.flatnonzero(np.logical_or.reduce([m.any(axis=(slice_axis, row_axis)) for m in regions]))
         if rows_hit.size == 0:
             raise ValueError(f"{case}: empty organ region, no ROI to crop")
         u = (n_rows - 1 - rows_hit) if row_rev else rows_hit
