@@ -3,7 +3,8 @@
 Counterfactual methods (COIN, Singla et al.*): map = |x - x_cf| / 2, mask = map > ``threshold`` (paper 0.25).
 Attribution methods (RISE, ScoreCAM, LayerCAM, GradCAM, GradCAM++): min-max normalised map, mask = map >
 ``saliency_threshold`` (paper 0.975). Maps are computed at the network size and resized (bilinear) to each
-slice's own resolution, where they are compared with the ground-truth masks. Metrics: pooled IoU (the paper's),
+slice's own resolution, where they are compared with the ground-truth masks (on a `coinseg prepare` store with an
+organ, maps are zero outside the organ, as `segment` writes them, and scans are also scored per volume). Metrics: pooled IoU (the paper's),
 mean per-slice IoU and Dice on abnormal slices, the fraction of normal slices with any predicted pixel, pixel
 average precision over all slices (threshold-free), CV and flip rate (counterfactual methods), FID (paired and
 realism; when Inception weights are available), seconds per slice.
@@ -195,6 +196,7 @@ def evaluate(
     results: dict[str, dict[str, Any]] = {}
     masks_by_method: dict[str, list[np.ndarray]] = {}
     per_scan = from_store(entries)  # slices of a `coinseg prepare` store: also scored per volume (scan)
+    organs = [read_entry(e, e.organ) > 0 for e in entries] if per_scan and all(e.organ for e in entries) else None
     scans: dict[str, list[CaseMasks]] = {}
     for name in methods:
         with progress_bar(f"evaluate {name}", 1) as (progress, task):
@@ -225,7 +227,10 @@ def evaluate(
                 cut = saliency_threshold
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
-            summary, masks_by_method[name] = score_maps(to_original_size(maps, shapes), gts, labels, cut, cleaned)
+            sized = to_original_size(maps, shapes)
+            if organs is not None:  # as `segment` writes them: nothing outside the organ
+                sized = [np.where(organ, m, 0.0) for m, organ in zip(sized, organs, strict=True)]
+            summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned)
             entry.update(threshold=cut, postprocess=cleaned, seconds_per_slice=seconds / max(len(x), 1), **summary)
             if per_scan:
                 scans[name] = score_cases(entries, masks_by_method[name], gts, cleaned, MIN_LESION_MM3)
