@@ -36,6 +36,7 @@ FLOORS = {
     "coinseg.evaluation.runner": 5,
     "coinseg.demo": 6,
     "coinseg.cli": 7,
+    "coinseg.__main__": 7,
 }
 
 
