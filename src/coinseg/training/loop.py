@@ -33,7 +33,7 @@ import torch
 from lightning.fabric import Fabric
 from torch import Tensor, nn
 
-from coinseg.errors import CoinsegError, RunError
+from coinseg.errors import RunError
 from coinseg.runtime.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from coinseg.runtime.console import progress_bar
 from coinseg.runtime.rundir import Deadline, RunDir
@@ -146,21 +146,22 @@ def unwrapped(module: nn.Module) -> nn.Module:
 
 
 def on_rank_zero_first(fabric: Fabric, make: Callable[[], Any]) -> Any:
-    """Run ``make`` on the global-zero rank (e.g. claim the run folder), then let the others go on; a user error
-    there is raised on every rank (else they would wait at the barrier for ever). Others get None."""
+    """Run ``make`` on the global-zero rank (e.g. claim the run folder), then let the others go on; if it fails
+    there, rank 0 raises its error and the others a :class:`RunError` saying so (rather than waiting at the next
+    collective for ever). The other ranks get None."""
     if fabric.world_size == 1:
         return make()
-    result, message = None, None
+    result, error = None, None
     if fabric.is_global_zero:
         try:
             result = make()
-        except CoinsegError as exc:
-            message = str(exc)
-    message = fabric.broadcast(message, src=0)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = exc
+    message = fabric.broadcast(None if error is None else str(error), src=0)
+    if error is not None:
+        raise error
     if message is not None:
-        if fabric.is_global_zero:
-            raise RunError(message)
-        raise RunError(f"(rank {fabric.global_rank}) stopped: rank 0 failed: {message}")
+        raise RunError(f"rank {fabric.global_rank} stopped: rank 0 failed ({message})")
     return result
 
 
