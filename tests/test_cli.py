@@ -80,7 +80,8 @@ def test_segment_manifest_writes_predictions_contract(coin_run: Path, tiny_data:
     code, output = invoke("segment", coin_run, tiny_data, "--out", tmp_path / "seg")
     assert code == 0, output
     rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
-    assert list(rows[0]) == ["image", "prob", "prob_cf", "mask", "mask_pixels"]
+    assert list(rows[0])[:5] == ["image", "prob", "prob_cf", "mask", "mask_pixels"]  # the contract, then extras
+    assert list(rows[0])[5:] == ["case", "lesion_ml"]
     test_rows = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
     assert [r["image"] for r in rows] == [r["image"] for r in test_rows]
     mask = np.asarray(PILImage.open(tmp_path / "seg" / rows[0]["mask"]))

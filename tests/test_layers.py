@@ -25,6 +25,7 @@ FLOORS = {
     "coinseg.losses": 1,
     "coinseg.evaluation": 1,  # the package's __init__; its modules are placed one by one
     "coinseg.evaluation.metrics": 1,
+    "coinseg.evaluation.cases": 1,
     "coinseg.evaluation.fid": 1,
     "coinseg.reporting": 1,
     "coinseg.models": 2,
@@ -34,6 +35,7 @@ FLOORS = {
     "coinseg.predictor": 4,
     "coinseg.inference": 5,
     "coinseg.evaluation.runner": 5,
+    "coinseg.export": 5,
     "coinseg.demo": 6,
     "coinseg.cli": 7,
     "coinseg.__main__": 7,

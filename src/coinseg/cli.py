@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from coinseg.config import DeviceChoice, Method, Precision, Profile
+from coinseg.evaluation.volume import MIN_LESION_MM3
 from coinseg.registry import methods_help, parse_methods
 
 app = typer.Typer(
@@ -82,6 +83,85 @@ def synth(
     typer.echo(str(manifest))
 
 
+def _ids(text: str | None, option: str) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated integers", param_hint=option) from None
+
+
+@app.command()
+@user_errors
+def prepare(
+    source: Annotated[
+        Path, typer.Argument(help="study folder (TotalSegmentator, KiTS, nnU-Net raw) or a CSV of volumes")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="dataset folder to create (must not exist or be empty)")],
+    layout: Annotated[str, typer.Option(help="auto, totalsegmentator, kits, nnunet or csv")] = "auto",
+    organ: Annotated[
+        str | None, typer.Option(help="organ structure/label names, e.g. kidney_left,kidney_right")
+    ] = None,
+    organ_labels: Annotated[str | None, typer.Option(help="organ label ids in the segmentation, e.g. 1,3")] = None,
+    lesion_labels: Annotated[str | None, typer.Option(help="lesion label ids in the segmentation, e.g. 2")] = None,
+    inject: Annotated[bool, typer.Option(help="inject the paper's synthetic anomaly into the organ")] = False,
+    inject_p: Annotated[float, typer.Option(help="fraction of eligible slices that get an anomaly")] = 0.65,
+    blob_mm: Annotated[float, typer.Option(help="anomaly template size in mm (paper: 20 px at ~1.5 mm)")] = 30.0,
+    roi: Annotated[bool, typer.Option("--roi/--full-slice", help="crop around the organ, or keep whole slices")] = True,
+    margin_mm: Annotated[float, typer.Option(help="ROI margin around the organ, mm")] = 10.0,
+    spacing_mm: Annotated[
+        float | None,
+        typer.Option(help="in-plane spacing of stored slices, mm (default: 1 with --roi, source with --full-slice)"),
+    ] = None,
+    min_lesion_mm2: Annotated[float, typer.Option(help="lesion area that makes a slice abnormal, mm^2")] = 25.0,
+    series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID when a folder holds several")] = None,
+    workers: Annotated[int, typer.Option(help="parallel processes (one case each)")] = 1,
+    on_error: Annotated[
+        str, typer.Option(help="a bad case: fail (stop) or skip (leave out, named in the log)")
+    ] = "fail",
+    seed: SeedOpt = 0,
+) -> None:
+    """Read a CT study once: per-slice labels, organ ROI, optional injection, a slice store and a manifest."""
+    from coinseg.config import ConfigError
+    from coinseg.data.build import OnError, PrepareOptions, prepare_study
+    from coinseg.data.study import Layout
+    from coinseg.runtime.console import progress_bar
+
+    for value, choices, option in ((layout, Layout, "--layout"), (on_error, OnError, "--on-error")):
+        if value not in {c.value for c in choices}:
+            raise ConfigError(f"{option} {value!r}: choose one of {', '.join(c.value for c in choices)}")
+    options = PrepareOptions(
+        layout=Layout(layout),
+        organ_names=tuple(organ.split(",")) if organ else (),
+        organ_labels=_ids(organ_labels, "--organ-labels"),
+        lesion_labels=_ids(lesion_labels, "--lesion-labels"),
+        inject=inject,
+        inject_p=inject_p,
+        blob_mm=blob_mm,
+        roi=roi,
+        margin_mm=margin_mm,
+        spacing_mm=spacing_mm,
+        min_lesion_mm2=min_lesion_mm2,
+        workers=max(1, workers),
+        on_error=OnError(on_error),
+        seed=seed,
+        series=series,
+    )
+    from coinseg.data.study import discover
+
+    n_cases = len(
+        discover(source, options.layout, options.organ_names, options.organ_labels, options.lesion_labels, not inject)[
+            1
+        ]
+    )
+    with progress_bar("prepare", n_cases) as (progress, task):
+        summary = prepare_study(
+            source, out, options, lambda line: typer.echo(line, err=True), lambda n: progress.advance(task, n)
+        )
+    typer.echo(str(summary.manifest))
+
+
 @app.command("train-classifier")
 @user_errors
 def train_classifier_cmd(
@@ -141,19 +221,45 @@ def segment(
     model_run_dir: Annotated[Path, typer.Argument(help="run directory of `coinseg train`")],
     input: Annotated[
         Path,
-        typer.Argument(help="manifest CSV, image file, NIfTI volume, DICOM series folder or image folder"),
+        typer.Argument(
+            help="dataset folder of `coinseg prepare`, manifest CSV, image file, NIfTI volume, DICOM series folder "
+            "or image folder"
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder (must not exist or be empty)")],
-    split: Annotated[str, typer.Option(help="manifest split to segment, or 'all'")] = "test",
+    split: Annotated[str, typer.Option(help="manifest/dataset split to segment, or 'all'")] = "test",
     threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "0.25",
-    postprocess: Annotated[bool, typer.Option(help="3x3 opening, 3x3 closing, largest component")] = False,
+    postprocess: Annotated[
+        bool,
+        typer.Option(help="2-D: 3x3 opening, 3x3 closing, largest component; volumes: 3-D lesions >= --min-lesion-mm3"),
+    ] = False,
+    min_lesion_mm3: Annotated[
+        float, typer.Option(help="volumes with --postprocess: smallest lesion kept, mm^3 (a 5 mm sphere)")
+    ] = MIN_LESION_MM3,
+    save_maps: Annotated[bool, typer.Option(help="volumes: also write |x - x_cf| / 2 as float NIfTI (maps/)")] = False,
+    dicom_seg: Annotated[
+        bool, typer.Option(help="DICOM series input: also write a DICOM-SEG (needs coinseg[dicom-seg])")
+    ] = False,
     device: DeviceOpt = DeviceChoice.auto,
     batch_size: Annotated[int, typer.Option(help="slices per batch")] = 64,
 ) -> None:
-    """Write lesion masks (at the inputs' own resolution) and predictions.csv."""
+    """Write lesion masks (one per 2-D input, one NIfTI per volume or case) and predictions.csv."""
     from coinseg.inference import segment as run_segment
 
-    typer.echo(str(run_segment(model_run_dir, input, out, split, threshold, postprocess, device, batch_size)))
+    csv_path = run_segment(
+        model_run_dir,
+        input,
+        out,
+        split=split,
+        threshold=threshold,
+        postprocess=postprocess,
+        device=device,
+        batch_size=batch_size,
+        min_lesion_mm3=min_lesion_mm3,
+        save_maps=save_maps,
+        dicom_seg=dicom_seg,
+    )
+    typer.echo(str(csv_path))
 
 
 @app.command()
@@ -222,3 +328,33 @@ def demo(
 
     run_demo(out, profile, device, seed)
     typer.echo(str(out / "report" / "report.html"))
+
+
+@app.command("export-nnunet")
+@user_errors
+def export_nnunet_cmd(
+    segment_out: Annotated[Path, typer.Argument(help="output folder of `coinseg segment` (masks/<case>.nii.gz)")],
+    cases: Annotated[
+        Path,
+        typer.Argument(
+            help="prepared DATASET_DIR (store/<case>/geometry.json), or a CSV (or folder with manifest.csv) "
+            "naming each case's CT NIfTI: image[,case] columns"
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="nnUNet_raw/DatasetNNN_Name (must not exist or be empty)")],
+    copy: Annotated[bool, typer.Option("--copy/--link", help="copy the CT images, or symlink them")] = True,
+    ignore_below: Annotated[
+        float | None,
+        typer.Option(help="label 'ignore' where |x - x_cf| / 2 > T outside the mask (needs maps/<case>.nii.gz)"),
+    ] = None,
+) -> None:
+    """Write the per-volume masks as an nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json)."""
+    from coinseg.export.nnunet import export_nnunet, segment_out_cases
+
+    found, unmasked = segment_out_cases(segment_out, cases, ignore_below)
+    written = export_nnunet(found, out, link=not copy)
+    if unmasked:
+        typer.echo(
+            f"{len(unmasked)} case(s) of {cases} have no mask in {segment_out / 'masks'}: not exported", err=True
+        )
+    typer.echo(str(written))

@@ -1,11 +1,24 @@
-"""``coinseg segment``: lesion masks from a trained run, at each input's own resolution and geometry.
+"""``coinseg segment``: lesion masks from a trained run, in each input's own resolution and geometry.
 
-For each 2-D slice the run's predictor (:mod:`coinseg.predictor`) gives the difference map |x - x_cf| / 2 at the
-input's size; mask = map > threshold, optional post-processing.
-Outputs (written to a temporary folder, renamed to OUT_DIR at the end): ``masks/`` (PNG 0/255 for 2-D inputs,
-NIfTI with the input's affine and shape for volumes) and ``predictions.csv``
-(image, prob = f(x), prob_cf = f(x_cf), mask (relative path), mask_pixels). For a volume, prob and prob_cf are
-the maxima over its slices.
+INPUT is one of:
+
+* a manifest CSV (rows of ``--split``, or ``all``): one PNG mask (0/255) per 2-D row, at the row's own size;
+* one image file, or a folder of 2-D images: one PNG mask each;
+* a NIfTI volume or a DICOM series folder: one NIfTI mask with the input's exact shape and affine;
+* a dataset folder written by ``coinseg prepare`` (``manifest.csv`` + ``store/``): one NIfTI mask per case (scan)
+  of ``--split``, in the source scan's exact shape and affine; the stored ROI slices are pasted back voxel-exactly
+  (:func:`coinseg.data.roi.paste_back`), and nothing is masked outside the organ when the store has one.
+
+For each slice the run's predictor (:mod:`coinseg.predictor`) gives the difference map |x - x_cf| / 2 in [0, 1]
+at the slice's own size; mask = map > threshold. ``--postprocess`` cleans 2-D masks as the paper does (3x3
+opening and closing, largest component) and volumes in 3-D (every 26-connected lesion of at least
+``--min-lesion-mm3`` is kept, several per slice). ``--save-maps`` also writes the difference map of each volume
+as float NIfTI (``maps/``, for ``export-nnunet --ignore-below``); ``--dicom-seg`` writes a DICOM-SEG beside the
+NIfTI mask for DICOM-series inputs.
+
+Outputs (written to a temporary folder, renamed to OUT_DIR at the end): ``masks/`` and ``predictions.csv`` with
+``image`` (as given; for a dataset case, the source scan), ``case``, ``prob`` = f(x), ``prob_cf`` = f(x_cf) (maxima
+over a volume's slices), ``mask`` (relative path), ``mask_pixels`` (pixels or voxels) and ``lesion_ml`` (volumes).
 """
 
 from __future__ import annotations
@@ -19,9 +32,12 @@ import numpy as np
 
 from coinseg.config import DeviceChoice
 from coinseg.data.manifest import ManifestError, read_manifest
+from coinseg.data.roi import paste_back_values
 from coinseg.data.slices import read_entry
+from coinseg.data.store import STORE, StoredCase, open_case
 from coinseg.errors import UsageError
 from coinseg.evaluation.metrics import postprocess as clean_mask
+from coinseg.evaluation.volume import MIN_LESION_MM3, lesion_volume_ml, remove_small_lesions, spacing_from_affine
 from coinseg.io.files import atomic_dir, spreadsheet_safe
 from coinseg.io.images import (
     SLICE_SUFFIXES,
@@ -30,20 +46,52 @@ from coinseg.io.images import (
     intensity_for,
     read_image,
     suffix_of,
-    write_nifti_mask,
+    to_source_volume,
+    write_nifti,
     write_png_mask,
 )
-from coinseg.predictor import load_predictor, parse_threshold
+from coinseg.predictor import Predictor, load_predictor, parse_threshold
 from coinseg.runtime.console import progress_bar
+
+# the contract's five columns first (other tools read them by position too), then the volume columns
+COLUMNS = ["image", "prob", "prob_cf", "mask", "mask_pixels", "case", "lesion_ml"]
 
 
 @dataclass
 class Job:
-    """One output: a 2-D slice (``image.array`` H x W) or a volume (Z x H x W) written as NIfTI."""
+    """One output. ``image``: a 2-D slice (H x W) or a volume read whole (Z x H x W display slices);
+    ``stored``: a case of a prepared dataset; ``dicom``: the series folder of a DICOM input (for --dicom-seg)."""
 
     name: str
     source: str
-    image: Image
+    image: Image | None = None
+    stored: StoredCase | None = None
+    case: str = ""
+    dicom: Path | None = None
+
+    @property
+    def n_slices(self) -> int:
+        if self.stored is not None:
+            return len(self.stored.image)
+        assert self.image is not None
+        return self.image.array.shape[0] if self.image.is_volume else 1
+
+    @property
+    def intensity(self) -> str:
+        return "hu" if self.stored is not None else self.image.intensity  # type: ignore[union-attr]
+
+
+@dataclass
+class MaskRule:
+    """How masks are made: ``cut`` the threshold on |x - x_cf| / 2; ``min_lesion_mm3`` the 3-D post-processing's
+    smallest lesion (with ``postprocess``)."""
+
+    cut: float
+    postprocess: bool
+    min_lesion_mm3: float
+    save_maps: bool
+    dicom_seg: bool
+    batch_size: int
 
 
 def _safe(name: str) -> str:
@@ -55,11 +103,32 @@ def _strip_suffix(name: str) -> str:
     return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
+def is_dataset(source: Path) -> bool:
+    """True for a dataset folder written by ``coinseg prepare``."""
+    return source.is_dir() and (source / "manifest.csv").is_file() and (source / STORE).is_dir()
+
+
+def dataset_jobs(dataset: Path, split: str) -> list[Job]:
+    """One job per case of ``split`` (or ``all``) of a prepared dataset, in case order."""
+    manifest = dataset / "manifest.csv"
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    cases = sorted({r["case"] for r in rows if split == "all" or r.get("split") == split})
+    if not cases:
+        raise ManifestError(f"{manifest}: no case in split '{split}' (use --split all for every case)")
+    jobs = []
+    for case in cases:
+        stored = open_case(dataset, case)
+        jobs.append(Job(_safe(case), stored.geometry.source, stored=stored, case=case))
+    return jobs
+
+
 def collect_jobs(source: Path, split: str) -> list[Job]:
-    """Resolve INPUT: a manifest CSV (rows of ``split``, or ``all``), an image file, a NIfTI volume, a DICOM
-    series folder, or a folder of 2-D images."""
+    """Resolve INPUT (see the module docstring)."""
     if not source.exists():
         raise FileNotFoundError(f"{source}: input not found")
+    if is_dataset(source):
+        return dataset_jobs(source, split)
     if source.is_file() and source.suffix.lower() == ".csv":
         entries = read_manifest(source, check_images=False)
         if split != "all":
@@ -73,13 +142,68 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
         return jobs
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
-        if files and all(suffix_of(p) == ".dcm" for p in files):
-            return [Job(_safe(source.name), str(source), read_image(source))]
         images = [p for p in files if suffix_of(p) in SLICE_SUFFIXES and suffix_of(p) != ".dcm"]
-        if not images:
-            raise ImageReadError(f"{source}: no images (.npy .png .tif .nii .nii.gz .dcm) in the folder")
+        if not images:  # no 2-D images: a DICOM series (files with or without the .dcm suffix)
+            return [Job(_safe(source.name), str(source), read_image(source), dicom=source)]
         return [Job(_safe(_strip_suffix(p.name)), str(p), read_image(p)) for p in images]
     return [Job(_safe(_strip_suffix(source.name)), str(source), read_image(source))]
+
+
+def _volume_maps(model: Predictor, job: Job, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(f(x) per slice, f(x_cf) per slice, difference maps in the source voxel array, the source affine)."""
+    if job.stored is not None:
+        stored = job.stored
+        slices = [np.asarray(stored.image[n], dtype=np.float32) for n in range(len(stored.image))]
+        probs, probs_cf, diffs = model.run(slices, batch)
+        maps = np.stack(diffs)
+        if stored.organ is not None:
+            maps = np.where(np.asarray(stored.organ) != 0, maps, 0.0).astype(np.float32)
+        return probs, probs_cf, paste_back_values(stored.geometry, maps, 0.0), stored.geometry.affine
+    image = job.image
+    assert image is not None and image.affine is not None
+    probs, probs_cf, diffs = model.run(list(image.array), batch)
+    return probs, probs_cf, to_source_volume(np.stack(diffs), image), image.affine
+
+
+def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
+    probs, probs_cf, maps, affine = _volume_maps(model, job, rule.batch_size)
+    spacing = spacing_from_affine(affine)
+    mask = maps > rule.cut
+    if rule.postprocess:
+        mask = remove_small_lesions(mask, spacing, rule.min_lesion_mm3)
+    rel = f"masks/{job.name}.nii.gz"
+    write_nifti(mask, affine, out / rel)
+    if rule.save_maps:
+        write_nifti(maps.astype(np.float32), affine, out / "maps" / f"{job.name}.nii.gz")
+    if rule.dicom_seg and job.dicom is not None:
+        from coinseg.export.dicom_seg import frames_from_series_volume, write_dicom_seg
+
+        files = sorted(p for p in job.dicom.iterdir() if p.is_file() and not p.name.startswith("."))
+        write_dicom_seg(files, frames_from_series_volume(mask), out / "masks" / f"{job.name}.seg.dcm")
+    return {
+        "prob": f"{float(probs.max()):.6f}",
+        "prob_cf": f"{float(probs_cf.max()):.6f}",
+        "mask": rel,
+        "mask_pixels": int(mask.sum()),
+        "lesion_ml": f"{lesion_volume_ml(mask, spacing):.4f}",
+    }
+
+
+def _segment_slice(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
+    assert job.image is not None
+    probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size)
+    mask = diffs[0] > rule.cut
+    if rule.postprocess:
+        mask = clean_mask(mask)
+    rel = f"masks/{job.name}.png"
+    write_png_mask(mask, out / rel)
+    return {
+        "prob": f"{float(probs[0]):.6f}",
+        "prob_cf": f"{float(probs_cf[0]):.6f}",
+        "mask": rel,
+        "mask_pixels": int(mask.sum()),
+        "lesion_ml": "",
+    }
 
 
 def segment(
@@ -91,51 +215,42 @@ def segment(
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
     batch_size: int = 64,
+    min_lesion_mm3: float = MIN_LESION_MM3,
+    save_maps: bool = False,
+    dicom_seg: bool = False,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
     ``threshold``: a number in [0, 1) or ``"auto"`` (the run's calibrated noise floor)."""
     parsed = parse_threshold(threshold)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    if not min_lesion_mm3 >= 0:
+        raise UsageError(f"--min-lesion-mm3 {min_lesion_mm3}: must be >= 0")
     model = load_predictor(run_dir, device)
-    cut = model.threshold(parsed)
+    rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size)
     jobs = collect_jobs(source, split)
     for job in jobs:
-        if job.image.intensity != model.intensity:
+        if job.intensity != model.intensity:
             raise ImageReadError(
-                f"{job.source}: {job.image.intensity} intensities but the model was trained on {model.intensity}"
+                f"{job.source}: {job.intensity} intensities but the model was trained on {model.intensity}"
             )
+    if dicom_seg and not any(job.dicom is not None for job in jobs):
+        raise UsageError(f"--dicom-seg: {source} is not a DICOM series folder")
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
-        raise UsageError(f"{source}: two inputs map to the same mask name; rename the files")
+        first = next(n for n in names if names.count(n) > 1)
+        raise UsageError(f"{source}: two inputs map to the same mask name '{first}' (duplicate rows or file names)")
     rows = []
-    total = sum(j.image.array.shape[0] if j.image.is_volume else 1 for j in jobs)
-    with atomic_dir(out_dir, "segment") as tmp, progress_bar("segment", total) as (progress, task):
+    with atomic_dir(out_dir, "segment") as tmp, progress_bar("segment", sum(j.n_slices for j in jobs)) as bar:
+        progress, task = bar
         (tmp / "masks").mkdir()
         for job in jobs:
-            slices = list(job.image.array) if job.image.is_volume else [job.image.array]
-            probs, probs_cf, diffs = model.run(slices, batch_size)
-            masks = np.stack([d > cut for d in diffs])
-            if postprocess:
-                masks = np.stack([clean_mask(m) for m in masks])
-            if job.image.is_volume:
-                rel = f"masks/{job.name}.nii.gz"
-                write_nifti_mask(masks, job.image, tmp / rel)
-            else:
-                rel = f"masks/{job.name}.png"
-                write_png_mask(masks[0], tmp / rel)
-            rows.append(
-                {
-                    "image": spreadsheet_safe(job.source),
-                    "prob": f"{float(probs.max()):.6f}",
-                    "prob_cf": f"{float(probs_cf.max()):.6f}",
-                    "mask": rel,
-                    "mask_pixels": int(masks.sum()),
-                }
-            )
-            progress.advance(task, len(slices))
+            volume = job.stored is not None or (job.image is not None and job.image.is_volume)
+            row = (_segment_volume if volume else _segment_slice)(model, job, rule, tmp)
+            rows.append({"image": spreadsheet_safe(job.source), "case": spreadsheet_safe(job.case), **row})
+            progress.advance(task, job.n_slices)
         with (tmp / "predictions.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["image", "prob", "prob_cf", "mask", "mask_pixels"])
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
     return out_dir / "predictions.csv"

@@ -1,4 +1,4 @@
-"""Loss terms of the GAN (reference-notes §2.2), as pure functions returning scalar tensors.
+"""Loss terms of the GAN (as in the paper's code), as pure functions returning scalar tensors.
 
 Logits are unbounded reals (D's real > 0); probabilities are in [0, 1]; images are in [-1, 1].
 """

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from coinseg.config import Conditioning, GanConfig, Settings, settings_from_dict
+from coinseg.data.slices import LazySlices
 from coinseg.errors import RunError
 from coinseg.models import build_classifier, build_encoder_generator
 from coinseg.models.inpainter import Inpainter
@@ -29,9 +30,9 @@ def prob(classifier: nn.Module, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def probs(classifier: nn.Module, images: Tensor, device: torch.device, batch: int = 256) -> np.ndarray:
-    """f(images) for N x 1 x S x S inputs in [-1, 1] (any device) in eval mode, in batches: N float32 values in
-    [0, 1]. The classifier's train/eval mode is restored afterwards."""
+def probs(classifier: nn.Module, images: Tensor | LazySlices, device: torch.device, batch: int = 256) -> np.ndarray:
+    """f(images) for N x 1 x S x S inputs in [-1, 1] (a tensor on any device, or a lazy store view) in eval mode,
+    in batches: N float32 values in [0, 1]. The classifier's train/eval mode is restored afterwards."""
     was_training = classifier.training
     classifier.eval()
     out = [prob(classifier, images[i : i + batch].to(device)).cpu() for i in range(0, len(images), batch)]

@@ -1,3 +1,5 @@
+import urllib.error
+
 import numpy as np
 import pytest
 import torch
@@ -44,11 +46,52 @@ def test_frechet_distance_closed_form_for_shifted_features():
     assert frechet_distance(a, b) > 1.0
 
 
-def test_inception_extractor_unavailable_without_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(FidUnavailable, match=INCEPTION_WEIGHTS_FILE) as info:
+def _pretend_torch_fidelity(monkeypatch, present: bool) -> None:
+    from coinseg.evaluation import fid as fid_module
+
+    real = fid_module.importlib.util.find_spec
+
+    def find_spec(name):
+        if name == "torch_fidelity":
+            return real("torch") if present else None  # any non-None spec means "installed"
+        return real(name)
+
+    monkeypatch.setattr(fid_module.importlib.util, "find_spec", find_spec)
+
+
+def test_inception_extractor_without_the_extra_names_it(monkeypatch):
+    _pretend_torch_fidelity(monkeypatch, present=False)
+    with pytest.raises(FidUnavailable, match=r"coinseg\[fid\]") as info:
         inception_extractor()
     assert "\n" not in str(info.value)
+
+
+def test_inception_extractor_offline_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
+    from coinseg.evaluation import fid as fid_module
+
+    _pretend_torch_fidelity(monkeypatch, present=True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(url, target, timeout):
+        target.write_bytes(b"partial")  # a download cut off midway
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(fid_module, "_fetch", offline)
+    with pytest.raises(FidUnavailable, match=INCEPTION_WEIGHTS_FILE) as info:
+        inception_extractor()
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / "checkpoints" / INCEPTION_WEIGHTS_FILE) in message and "https://" in message
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # nothing half-written left behind
+
+
+def test_inception_extractor_reports_a_weights_file_that_does_not_load(tmp_path):
+    pytest.importorskip("torch_fidelity")
+    bad = tmp_path / INCEPTION_WEIGHTS_FILE
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(FidUnavailable, match="does not load"):
+        inception_extractor(bad)
+    assert bad.read_bytes() == b"not a checkpoint"  # a user's file is reported, never deleted
 
 
 def test_inception_wrapper_feeds_uint8_rgb_299(monkeypatch):

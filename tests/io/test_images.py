@@ -13,8 +13,9 @@ from coinseg.io.images import (
     read_image,
     read_slice,
     slices_to_volume,
+    to_source_volume,
     volume_to_slices,
-    write_nifti_mask,
+    write_nifti,
 )
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -60,7 +61,8 @@ def test_nifti_mask_written_with_input_geometry(tmp_path: Path) -> None:
     ct = read_image(SHARED / "totalsegmentator-mini/s0001/ct.nii.gz")
     assert ct.is_volume and ct.array.shape == (30, 101, 122) and ct.intensity == "hu"
     kidney = read_image(SHARED / "totalsegmentator-mini/s0001/segmentations/kidney_left.nii.gz").array > 0
-    write_nifti_mask(kidney, ct, tmp_path / "m.nii.gz")
+    assert ct.affine is not None
+    write_nifti(to_source_volume(kidney, ct), ct.affine, tmp_path / "m.nii.gz")
     written = nib.load(tmp_path / "m.nii.gz")
     source = nib.load(SHARED / "totalsegmentator-mini/s0001/segmentations/kidney_left.nii.gz")
     assert written.shape == source.shape and np.allclose(written.affine, source.affine)

@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +6,6 @@ from PIL import Image
 
 from coinseg.reporting import (
     comparison_grid,
-    load_metrics,
     overlay,
     progress_plot,
     sample_grid,
@@ -205,17 +203,3 @@ def test_write_report_minimal(tmp_path):
     md_path, html_path = write_report({}, tmp_path / "out")
     assert "No methods" in md_path.read_text()
     assert "No methods" in html_path.read_text()
-
-
-def test_load_metrics(tmp_path):
-    good = tmp_path / "metrics.json"
-    good.write_text(json.dumps(METRICS))
-    assert load_metrics(good)["methods"]["rise"]["cv"] is None
-    bad = tmp_path / "broken.json"
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="broken.json"):
-        load_metrics(bad)
-    array = tmp_path / "array.json"
-    array.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="array.json"):
-        load_metrics(array)

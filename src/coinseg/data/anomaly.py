@@ -1,4 +1,4 @@
-"""The paper's synthetic anomaly: a bright, distorted Gaussian blob added inside an organ (reference-notes §3.4).
+"""The paper's synthetic anomaly: a bright, distorted Gaussian blob added inside an organ (as in the paper's code).
 
 Works on any 2-D slice in [0, 1] intensity space with any organ mask, so the same code serves the phantom
 and real CT with real kidney masks. :func:`hu_to_unit` maps HU into that space with a window.
@@ -116,7 +116,7 @@ def inject_anomaly(
     ``mask_threshold`` (120 px untransformed), ``scale`` range, grid ``distort`` limit, rotation limit in
     degrees.
 
-    Steps (reference-notes §3.4): draw ``rng.random() < p``; label the organ's connected regions
+    Steps (as in the paper's code): draw ``rng.random() < p``; label the organ's connected regions
     (8-connectivity) and pick one of the two largest uniformly; give up if its bounding box has at most
     ``size**2`` pixels; draw a centre uniformly in the box less a 5 % margin per side until it falls in the
     region (at most 1000 draws, then give up); scale, grid-distort and rotate blob and mask template together

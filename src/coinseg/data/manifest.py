@@ -2,7 +2,9 @@
 
 Every problem is a :class:`ManifestError` whose one-line message names the manifest, the row (1 = first data
 row, i.e. line 2 of the file) and the path. 3-D volumes without a ``slice`` column expand to one entry per axial
-slice, each carrying the volume's label.
+slice, each carrying the volume's label. ``slice`` counts along the file's own stored axis closest to
+superior-inferior (see :mod:`coinseg.io.images`); for a ``coinseg prepare`` store (3-D ``.npy``) it indexes the
+stored array's first axis. Each image file is opened once per manifest (``.npy`` stores are memory-mapped).
 """
 
 from __future__ import annotations
@@ -66,13 +68,16 @@ def read_manifest(path: Path, check_images: bool = True) -> list[Entry]:
         raise ManifestError(f"{path}: no data rows")
     base = path.parent
     entries: list[Entry] = []
+    depths: dict[Path, int] = {}  # each image file is opened once, however many rows point into it
     for number, raw in enumerate(rows, start=1):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        entries.extend(_parse_row(path, base, number, row, check_images))
+        entries.extend(_parse_row(path, base, number, row, check_images, depths))
     return entries
 
 
-def _parse_row(manifest: Path, base: Path, number: int, row: dict[str, str], check: bool) -> list[Entry]:
+def _parse_row(
+    manifest: Path, base: Path, number: int, row: dict[str, str], check: bool, depths: dict[Path, int]
+) -> list[Entry]:
     where = f"{manifest}: row {number}"
     source = row.get("image", "")
     if not source:
@@ -102,12 +107,14 @@ def _parse_row(manifest: Path, base: Path, number: int, row: dict[str, str], che
             raise ManifestError(f"{where} ({source}): slice {slice_text!r} is not an integer") from None
     depth = 0
     if check or suffix_of(image) in (".nii", ".nii.gz") or image.is_dir():
-        try:
-            loaded = read_image(image)
-        except ImageReadError as exc:
-            raise ManifestError(f"{where}: {exc}") from None
-        if loaded.is_volume:
-            depth = loaded.array.shape[0]
+        if image not in depths:
+            try:
+                loaded = read_image(image)
+            except ImageReadError as exc:
+                raise ManifestError(f"{where}: {exc}") from None
+            depths[image] = loaded.array.shape[0] if loaded.is_volume else 0
+        depth = depths[image]
+        if depth:
             if index is not None and not 0 <= index < depth:
                 raise ManifestError(f"{where} ({source}): slice {index} outside 0..{depth - 1}")
         elif index is not None:

@@ -3,6 +3,10 @@
 All slices of a split are read once, normalised with the stored window and resized to ``size x size``
 (bilinear, antialiased; the aspect ratio is not kept, as in the paper). Original sizes are kept so masks can be
 mapped back to each input's own resolution.
+
+A large split held in memory-mapped ``.npy`` stores (``coinseg prepare``) is not loaded: its ``images`` is a
+:class:`LazySlices` view that reads, normalises and resizes only the slices indexed, so RSS does not grow with
+the number of slices (above ``LAZY_BYTES`` of float32 tensors; smaller splits stay in memory).
 """
 
 from __future__ import annotations
@@ -18,15 +22,39 @@ import torch.nn.functional as F
 
 from coinseg.data.manifest import Entry, ManifestError
 from coinseg.data.normalise import fingerprint_window, normalise
-from coinseg.io.images import Image, ImageReadError, intensity_for, read_image
+from coinseg.io.images import Image, ImageReadError, intensity_for, read_image, suffix_of
+
+LAZY_BYTES = 512 * 2**20
+WINDOW_SLICES = 2000
+
+
+class LazySlices:
+    """N x 1 x S x S float32 in [-1, 1], read on indexing: ``view[idx]`` with a LongTensor of indices, a slice
+    or an int (like a tensor: B x 1 x S x S, or 1 x S x S for an int); ``len(view)`` = N."""
+
+    def __init__(self, entries: list[Entry], size: int, window: tuple[float, float] | None) -> None:
+        self.entries, self.size, self.window = entries, size, window
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: torch.Tensor | slice | int) -> torch.Tensor:
+        if isinstance(index, int):
+            return self[torch.tensor([index])][0]
+        positions = range(len(self.entries))[index] if isinstance(index, slice) else index.tolist()
+        out = torch.empty(len(positions), 1, self.size, self.size)
+        for i, position in enumerate(positions):
+            out[i, 0] = _slice_tensor(read_entry(self.entries[position]), self.size, self.window)
+        return out
 
 
 @dataclass
 class SliceSet:
-    """``images``: N x 1 x S x S float32 in [-1, 1]; ``labels``: N float32 in {0, 1}; ``shapes``: original
-    (H, W) of each slice; ``entries``: the manifest entries in the same order."""
+    """``images``: N x 1 x S x S float32 in [-1, 1] (a tensor, or a :class:`LazySlices` view for large stores);
+    ``labels``: N float32 in {0, 1}; ``shapes``: original (H, W) of each slice; ``entries``: the manifest entries
+    in the same order."""
 
-    images: torch.Tensor
+    images: torch.Tensor | LazySlices
     labels: torch.Tensor
     shapes: list[tuple[int, int]]
     entries: list[Entry]
@@ -63,8 +91,10 @@ def intensity_of(entries: list[Entry], manifest: Path) -> str:
 
 
 def compute_window(train: list[Entry], percentiles: list[float], seed: int = 0) -> tuple[float, float]:
-    """Fingerprint window of the training entries (organ masks used when the manifest gives them)."""
-    samples = ((read_entry(e), read_entry(e, e.organ) > 0 if e.organ is not None else None) for e in train)
+    """Fingerprint window of the training entries (organ masks used when the manifest gives them); from at most
+    ``WINDOW_SLICES`` evenly spaced entries."""
+    chosen = train[:: -(-len(train) // WINDOW_SLICES)]  # at most WINDOW_SLICES, evenly spaced
+    samples = ((read_entry(e), read_entry(e, e.organ) > 0 if e.organ is not None else None) for e in chosen)
     try:
         return fingerprint_window(samples, (percentiles[0], percentiles[1]), seed)
     except ValueError as exc:
@@ -86,17 +116,34 @@ def load_slices(
     window: tuple[float, float] | None,
     progress: Callable[[int], None] | None = None,
 ) -> SliceSet:
-    """Read, normalise (``window`` None = grey values) and resize every entry to ``size x size``."""
+    """Read, normalise (``window`` None = grey values) and resize every entry to ``size x size``; a large split
+    of ``.npy`` stores becomes a :class:`LazySlices` view instead (nothing read but the array headers)."""
+    labels = torch.tensor([float(e.label) for e in entries])
+    if len(entries) * size * size * 4 > LAZY_BYTES and all(suffix_of(e.image) == ".npy" for e in entries):
+        shapes = [_stored_shape(e) for e in entries]
+        if progress is not None:
+            progress(len(entries))
+        return SliceSet(LazySlices(list(entries), size, window), labels, shapes, list(entries))
     images = torch.empty(len(entries), 1, size, size)
     shapes = []
     for i, entry in enumerate(entries):
-        array = normalise(read_entry(entry), window)
+        array = read_entry(entry)
         shapes.append((int(array.shape[0]), int(array.shape[1])))
-        images[i, 0] = resize(torch.from_numpy(array)[None, None], (size, size))[0, 0]
+        images[i, 0] = _slice_tensor(array, size, window)
         if progress is not None:
             progress(1)
-    labels = torch.tensor([float(e.label) for e in entries])
-    return SliceSet(images.clamp_(-1.0, 1.0), labels, shapes, list(entries))
+    return SliceSet(images, labels, shapes, list(entries))
+
+
+def _slice_tensor(array: np.ndarray, size: int, window: tuple[float, float] | None) -> torch.Tensor:
+    """One H x W slice (HU or grey) -> S x S float32 in [-1, 1]."""
+    unit = torch.from_numpy(normalise(array, window))[None, None]
+    return resize(unit, (size, size))[0, 0].clamp_(-1.0, 1.0)
+
+
+def _stored_shape(entry: Entry) -> tuple[int, int]:
+    image = cached_image(entry.image)  # a memory map: only the header is read
+    return int(image.array.shape[-2]), int(image.array.shape[-1])
 
 
 def load_mask(entry: Entry, shape: tuple[int, int]) -> np.ndarray:

@@ -9,7 +9,7 @@ Layout of ``out_dir`` (paths in the manifest are relative to it)::
     organs/slice_00000.npy    uint8 (size, size), 1 = kidney
 
 Everything, the test split included, is drawn once and stored; nothing is re-drawn on read (the paper
-re-drew its test anomalies on every pass, reference-notes §4.8).
+re-drew its test anomalies on every pass, so its test set changed between evaluations).
 """
 
 from __future__ import annotations

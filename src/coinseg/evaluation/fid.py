@@ -2,14 +2,20 @@
 
 The paper (torchmetrics ``FrechetInceptionDistance(feature=768, normalize=True)``) uses the FID
 Inception-v3 weights, Mixed_6e output global-average-pooled to 768-d, on grey slices in [0, 1] resized to
-299 x 299 (bilinear), repeated to 3 channels and converted to uint8. Weights are never downloaded here:
-:func:`inception_extractor` raises :class:`FidUnavailable` if the weights file or the ``torch_fidelity``
-package is missing.
+299 x 299 (bilinear), repeated to 3 channels and converted to uint8. The network needs the optional extra
+``pip install "coinseg[fid]"`` (torch-fidelity); with it, a missing weights file is downloaded once, on
+first use, saying so on stderr (a file that does not load is reported, not deleted). Offline, or without the extra,
+:func:`inception_extractor` raises :class:`FidUnavailable` with one line naming the file and where to put it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import pickle
+import shutil
+import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
 INCEPTION_SIZE = 299
+DOWNLOAD_TIMEOUT_S = 30.0
 
 
 class FidUnavailable(RuntimeError):
@@ -74,7 +82,7 @@ class _InceptionFeatures768(nn.Module):
 
 
 def inception_extractor(weights_path: str | Path | None = None) -> nn.Module:
-    """Build the paper's 768-d Inception feature extractor without downloading anything.
+    """Build the paper's 768-d Inception feature extractor (downloading its weights once if missing).
 
     Args:
         weights_path: the FID Inception weights; default ``torch.hub.get_dir()/checkpoints/`` +
@@ -84,32 +92,60 @@ def inception_extractor(weights_path: str | Path | None = None) -> nn.Module:
         Module mapping ``B x 1 x H x W`` in [0, 1] to ``B x 768`` float features (eval mode, CPU).
 
     Raises:
-        FidUnavailable: the weights file or the ``torch_fidelity`` package is missing (one-line reason).
+        FidUnavailable: the ``torch_fidelity`` package is missing, or the weights file is missing and cannot be
+            downloaded (one line naming the file, the folder to put it in and the URL).
     """
     path = (
         Path(weights_path)
         if weights_path is not None
         else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
     )
-    missing = []
     if importlib.util.find_spec("torch_fidelity") is None:
-        missing.append("package torch_fidelity is not installed (pip install torch-fidelity)")
+        raise FidUnavailable('FID unavailable: package torch_fidelity is not installed (pip install "coinseg[fid]")')
     if not path.is_file():
-        missing.append(f"FID Inception weights not found: place {INCEPTION_WEIGHTS_FILE} at {path}")
-    if missing:
-        raise FidUnavailable("FID unavailable: " + "; ".join(missing))
+        _download_weights(path)
 
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     # antialias=False: plain bilinear resize inside the network, as torchmetrics 1.1.2 used by the paper
     # (a no-op here since the input is already 299 x 299).
-    net = NoTrainInceptionV3(
-        name="inception-v3-compat",
-        features_list=["768"],
-        feature_extractor_weights_path=str(path),
-        antialias=False,
-    )
+    try:
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=["768"],
+            feature_extractor_weights_path=str(path),
+            antialias=False,
+        )
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise FidUnavailable(
+            f"FID unavailable: {path} does not load ({type(exc).__name__}); replace it with {INCEPTION_WEIGHTS_URL}"
+        ) from None
     return _InceptionFeatures768(net).eval()
+
+
+def _fetch(url: str, target: Path, timeout: float) -> None:
+    """Download ``url`` to ``target`` (a new file)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def _download_weights(path: Path) -> None:
+    """Fetch the Inception weights to ``path`` (temporary name, then rename), or raise
+    :class:`FidUnavailable` with what to do by hand."""
+    by_hand = f"download {INCEPTION_WEIGHTS_URL} and place it at {path}"
+    print(f"FID: downloading the Inception weights to {path}", file=sys.stderr)
+    tmp = path.with_name(f"{path.name}.part-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _fetch(INCEPTION_WEIGHTS_URL, tmp, DOWNLOAD_TIMEOUT_S)
+        os.replace(tmp, path)
+    except OSError as exc:  # offline, refused, timed out, read-only cache
+        reason = getattr(exc, "reason", None) or exc
+        raise FidUnavailable(
+            f"FID unavailable: Inception weights not found and not downloadable ({reason}); {by_hand}"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _device_of(module: nn.Module, default: torch.device) -> torch.device:

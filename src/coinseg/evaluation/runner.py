@@ -27,6 +27,7 @@ from coinseg.data.normalise import normalise
 from coinseg.data.slices import load_mask, read_entry
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation import fid as fid_lib
+from coinseg.evaluation.cases import CaseMasks, from_store, score_cases
 from coinseg.evaluation.metrics import (
     SegmentationTally,
     accuracy_auroc,
@@ -36,16 +37,19 @@ from coinseg.evaluation.metrics import (
     flip_rate,
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
+from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
 from coinseg.io.files import atomic_dir
 from coinseg.io.images import intensity_for
 from coinseg.predictor import Predictor, load_predictor, parse_threshold, to_original_size
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
+from coinseg.reporting.montage import lesion_montage
 from coinseg.reporting.report import write_report
 from coinseg.runtime.checkpoint import write_json
 from coinseg.runtime.console import progress_bar
 
 FIGURE_SLICES = 6
+MONTAGE_VOLUMES = 6  # per-volume montages in the report: the scans with the most lesion
 
 
 def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
@@ -72,6 +76,27 @@ def _check_compatible(model: Predictor, other: Predictor, run_dir: Path, other_d
                 f"{other_dir}: {what} {getattr(other, what)} differs from {run_dir}'s {getattr(model, what)}; "
                 "train both runs on the same data and profile"
             )
+
+
+def _montages(method: str, scans: list[CaseMasks], out: Path) -> dict[str, str]:
+    """Per-volume montages (slices with the most lesion, TP/FP/FN as in the paper's Figure 2) of the
+    ``MONTAGE_VOLUMES`` scans with the most lesion, for ``method``; returns {figure name: relative path}."""
+    chosen = sorted(scans, key=lambda c: -(int(c.truth.sum()) + int(c.pred.sum())))[:MONTAGE_VOLUMES]
+    figures = {}
+    for scan in sorted(chosen, key=lambda c: c.geometry.case):
+        rel = f"volumes/{scan.geometry.case}.png"
+        dice = scan.score.dice
+        lesion_montage(
+            scan.ct(),
+            scan.pred,
+            scan.truth,
+            out / rel,
+            affine=scan.geometry.affine,
+            title=f"{method}, {scan.geometry.case}: Dice {dice:.3f}, {scan.score.n_detected}/{scan.score.n_true} "
+            f"lesions found, {scan.score.n_false_positive} false positive(s)",
+        )
+        figures[f"{method} on {scan.geometry.case}"] = rel
+    return figures
 
 
 def _batched(
@@ -169,6 +194,8 @@ def evaluate(
             notes.append(str(exc))
     results: dict[str, dict[str, Any]] = {}
     masks_by_method: dict[str, list[np.ndarray]] = {}
+    per_scan = from_store(entries)  # slices of a `coinseg prepare` store: also scored per volume (scan)
+    scans: dict[str, list[CaseMasks]] = {}
     for name in methods:
         with progress_bar(f"evaluate {name}", 1) as (progress, task):
             tic = time.perf_counter()
@@ -200,6 +227,9 @@ def evaluate(
             cleaned = postprocess and entry["kind"] == "counterfactual"
             summary, masks_by_method[name] = score_maps(to_original_size(maps, shapes), gts, labels, cut, cleaned)
             entry.update(threshold=cut, postprocess=cleaned, seconds_per_slice=seconds / max(len(x), 1), **summary)
+            if per_scan:
+                scans[name] = score_cases(entries, masks_by_method[name], gts, cleaned, MIN_LESION_MM3)
+                entry["volumes"] = VolumeTally([c.score for c in scans[name]]).summary()
             results[name] = entry
             progress.advance(task)
 
@@ -223,7 +253,11 @@ def evaluate(
         "notes": notes,
         "figures": {"comparison": "comparison.png"},
     }
+    if per_scan:
+        metrics["volumes"] = {name: VolumeTally([c.score for c in scans[name]]).rows_as_dicts() for name in methods}
     with atomic_dir(out_dir, "evaluation") as tmp:
+        if per_scan:
+            metrics["figures"].update(_montages(methods[0], scans[methods[0]], tmp))
         if len(chosen):
             comparison_grid(
                 [(normalise(arrays[i], model.window) + 1.0) / 2.0 for i in chosen],

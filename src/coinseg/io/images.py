@@ -3,9 +3,15 @@
 Intensity conventions: ``.npy``, NIfTI and DICOM are Hounsfield units (DICOM rescale slope/intercept
 applied); PNG/TIFF are already-windowed grey values, returned scaled to [0, 1] (``intensity == "unit"``).
 
-Volumes are reoriented with their affine to RAS+ (nibabel), and axial slices are returned in radiological
-display orientation (anterior up, patient right on the image left), shape Z x H x W. :func:`slices_to_volume`
+Volumes are reoriented with their affine (nibabel) and axial slices are returned in radiological display
+orientation (anterior up, patient right on the image left), shape Z x H x W. The slice index Z counts in the
+file's own stored order along whichever stored axis is closest to superior-inferior (the third axis of most
+NIfTI files, the first of KiTS files; for a DICOM series, slices sorted by position along the slice normal), so
+a manifest's ``slice`` column means the same index a viewer shows for the file. :func:`slices_to_volume`
 inverts that exactly, so masks are written with the input's own affine and shape.
+
+A 3-D ``.npy`` (e.g. a ``coinseg prepare`` slice store, N x H x W) is memory-mapped, not read: its array keeps
+the stored dtype and is converted to float32 one slice at a time by the consumer.
 """
 
 from __future__ import annotations
@@ -66,8 +72,9 @@ def read_image(path: Path) -> Image:
     suffix = suffix_of(path)
     try:
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-            image = Image(_float(array, path), "hu", shape=array.shape)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            lazy = array.ndim == 3 and np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)
+            image = Image(array if lazy else _float(array, path), "hu", shape=array.shape)
         elif suffix in GREY_SUFFIXES:
             image = Image(_read_grey(path), "unit")
         elif suffix == ".dcm":
@@ -80,7 +87,7 @@ def read_image(path: Path) -> Image:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is reported as unreadable
         raise ImageReadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
-    if image.array.ndim == 3 and image.array.shape[0] == 1:
+    if image.array.ndim == 3 and image.array.shape[0] == 1 and not isinstance(image.array, np.memmap):
         image = Image(image.array[0], image.intensity, image.affine, image.shape)
     if image.array.ndim not in (2, 3) or min(image.array.shape) < 2:
         raise ImageReadError(f"{path}: expected a 2-D slice or a 3-D volume, got shape {image.array.shape}")
@@ -154,43 +161,11 @@ def _read_nifti(path: Path) -> Image:
 
 
 def read_dicom_series(folder: Path) -> Image:
-    """Read a folder of single-slice DICOM files as one volume, ordered by ImagePositionPatient."""
-    import pydicom
+    """Read a folder of single-slice DICOM files as one volume (see :mod:`coinseg.io.dicom`)."""
+    from coinseg.io.dicom import read_series
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise ImageReadError(f"{folder}: empty folder, expected a DICOM series")
-    slices = []
-    for file in files:
-        try:
-            ds = pydicom.dcmread(file)
-            position = np.array([float(v) for v in ds.ImagePositionPatient])
-            orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
-            slices.append((ds, position, orientation))
-        except Exception as exc:  # noqa: BLE001
-            raise ImageReadError(f"{file}: not a readable DICOM slice with position ({exc})") from None
-    # ImageOrientationPatient: direction of increasing column index, then of increasing row index (LPS).
-    along_cols, along_rows = slices[0][2][:3], slices[0][2][3:]
-    normal = np.cross(along_cols, along_rows)
-    slices.sort(key=lambda s: float(s[1] @ normal))
-    ds0 = slices[0][0]
-    spacing_r, spacing_c = (float(v) for v in ds0.PixelSpacing)
-    dz = float((slices[-1][1] - slices[0][1]) @ normal) / max(len(slices) - 1, 1) if len(slices) > 1 else 1.0
-    # LPS world (DICOM) -> RAS world (NIfTI): flip the first two axes.
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine = np.eye(4)
-    affine[:3, 0] = along_cols * spacing_c  # array axis 0 = DICOM column index
-    affine[:3, 1] = along_rows * spacing_r  # array axis 1 = DICOM row index
-    affine[:3, 2] = normal * dz
-    affine[:3, 3] = slices[0][1]
-    affine = lps_to_ras @ affine
-    pixels = []
-    for ds, _, _ in slices:
-        slope = float(getattr(ds, "RescaleSlope", 1.0))
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0))
-        pixels.append(ds.pixel_array.astype(np.float32).T * slope + intercept)  # (cols, rows)
-    data = np.stack(pixels, axis=-1)  # X x Y x Z, voxel axes as the affine
-    return Image(volume_to_slices(data, affine), "hu", affine, tuple(int(s) for s in data.shape))
+    series = read_series(folder)
+    return Image(volume_to_slices(series.data, series.affine), "hu", series.affine, series.data.shape)
 
 
 def _orientation_to_ras(affine: np.ndarray) -> np.ndarray:
@@ -207,14 +182,24 @@ def volume_to_slices(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
     ras = nib.orientations.apply_orientation(data, _orientation_to_ras(affine))
     # RAS: axis 0 left->right, axis 1 posterior->anterior. Display rows anterior first, columns patient right first.
-    return np.ascontiguousarray(np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1])
+    slices = np.transpose(ras, (2, 1, 0))[:, ::-1, ::-1]
+    return np.ascontiguousarray(slices[::-1] if _stored_inferior(affine) else slices)
+
+
+def _stored_inferior(affine: np.ndarray) -> bool:
+    """True when the stored axis closest to superior-inferior runs towards inferior (RAS puts it in reverse)."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    return bool(ornt[ornt[:, 0] == 2, 1][0] < 0)
 
 
 def slices_to_volume(slices: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Inverse of :func:`volume_to_slices`: Z x H x W display slices -> voxel array in the source orientation."""
     import nibabel as nib
 
-    ras = np.transpose(slices[:, ::-1, ::-1], (2, 1, 0))
+    ordered = slices[::-1] if _stored_inferior(affine) else slices
+    ras = np.transpose(ordered[:, ::-1, ::-1], (2, 1, 0))
     back = nib.orientations.ornt_transform(
         nib.orientations.axcodes2ornt("RAS"), nib.orientations.io_orientation(affine)
     )
@@ -229,12 +214,18 @@ def write_png_mask(mask: np.ndarray, path: Path) -> None:
         PILImage.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
 
 
-def write_nifti_mask(slices: np.ndarray, image: Image, path: Path) -> None:
-    """Write a Z x H x W bool mask as uint8 NIfTI with the source image's affine and array shape (atomically)."""
+def to_source_volume(slices: np.ndarray, image: Image) -> np.ndarray:
+    """Z x H x W display slices of ``image`` (a volume) -> its source voxel array (shape ``image.shape``)."""
+    if image.affine is None or image.shape is None:
+        raise ValueError("mapping slices back to a volume needs the source image's affine and shape")
+    return slices_to_volume(slices, image.affine).reshape(image.shape)
+
+
+def write_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a voxel array (in its source file's stored order) with ``affine`` as NIfTI, atomically; bool arrays
+    are written as uint8 0/1."""
     import nibabel as nib
 
-    if image.affine is None or image.shape is None:
-        raise ValueError("a NIfTI mask needs the source image's affine and shape")
-    data = slices_to_volume(slices.astype(np.uint8), image.affine).reshape(image.shape)
+    data = volume.astype(np.uint8) if volume.dtype == bool else volume
     with atomic_file(path, ".nii.gz") as tmp:
-        nib.save(nib.Nifti1Image(data, image.affine), tmp)
+        nib.save(nib.Nifti1Image(data, affine), tmp)

@@ -1,4 +1,4 @@
-"""Building blocks of the encoder, generator and discriminator (reference-notes §1.2-1.4).
+"""Building blocks of the encoder, generator and discriminator (as in the paper's code).
 
 All blocks map ``B x C_in x H x W`` feature maps to ``B x C_out x H' x W'``; convolutions use padding
 ``k // 2`` so only pooling and upsampling change the spatial size. Spectral norm is PyTorch's own

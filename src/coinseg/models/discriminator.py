@@ -1,4 +1,4 @@
-"""Spectral-normed projection discriminator D (reference-notes §1.4)."""
+"""Spectral-normed projection discriminator D (as in the paper's code)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Residual encoder E (reference-notes §1.2)."""
+"""Residual encoder E (as in the paper's code)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conditional residual generator G with U-Net skips (reference-notes §1.3) and the output fusion."""
+"""Conditional residual generator G with U-Net skips (as in the paper's code) and the output fusion."""
 
 from __future__ import annotations
 

@@ -2,11 +2,10 @@
 Table-1-style evaluation report (Markdown and self-contained HTML) built from ``metrics.json``."""
 
 from coinseg.reporting.figures import comparison_grid, overlay, progress_plot, sample_grid
-from coinseg.reporting.report import load_metrics, write_report
+from coinseg.reporting.report import write_report
 
 __all__ = [
     "comparison_grid",
-    "load_metrics",
     "overlay",
     "progress_plot",
     "sample_grid",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import mimetypes
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,32 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("s/slice", "seconds_per_slice", "3g"),
 ]
 
+# per-volume scores (evaluate on a `coinseg prepare` store): a summary row per method, one row per scan
+VOLUME_COLUMNS: list[tuple[str, str, str]] = [
+    ("method", "", "name"),
+    ("volumes", "n_volumes", "text"),
+    ("with lesion", "n_volumes_with_lesion", "text"),
+    ("mean Dice", "mean_dice", "3f"),
+    ("mean IoU", "mean_iou", "3f"),
+    ("lesion sensitivity", "lesion_sensitivity", "3f"),
+    ("FP lesions / volume", "false_positives_per_volume", "3f"),
+]
+SCAN_COLUMNS: list[tuple[str, str, str]] = [
+    ("case", "case", "name"),
+    ("Dice", "dice", "3f"),
+    ("IoU", "iou", "3f"),
+    ("lesions", "n_true", "text"),
+    ("found", "n_detected", "text"),
+    ("FP lesions", "n_false_positive", "text"),
+    ("true ml", "true_ml", "3f"),
+    ("predicted ml", "pred_ml", "3f"),
+]
+VOLUME_RULES = (
+    "Per volume: the split's slices pasted back into each scan's voxels; Dice and IoU averaged over volumes with a "
+    "lesion; a true lesion (26-connected) is found when any predicted voxel overlaps it; a predicted lesion "
+    "overlapping none is a false positive."
+)
+
 LEGEND = "TP green, FP red, FN yellow, ground truth outlined cyan."
 DIRECTIONS = (
     "Better is: FID (paired and realism) lower; CV, IoU, Dice and pixel AP higher; "
@@ -55,18 +80,6 @@ p.legend { font-size: 0.9em; color: #444; }
 """
 
 
-def load_metrics(path: Path) -> dict[str, Any]:
-    """Read a metrics.json; a ValueError naming the file if it is not a JSON object."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _format(value: Any, fmt: str) -> str:
     if value is None:
         return MISSING
@@ -86,6 +99,43 @@ def _table_rows(metrics: dict[str, Any]) -> list[list[str]]:
             row.append(_format(entry.get(key), fmt))
         rows.append(row)
     return rows
+
+
+def _volume_tables(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, str, str]], list[list[str]]]]:
+    """(title, columns, rows) of the per-volume tables: a summary per method, then the first method's scans;
+    none when the evaluation was not per volume."""
+    volumes = metrics.get("volumes")
+    if not isinstance(volumes, dict) or not volumes:
+        return []
+    methods = metrics.get("methods") or {}
+    summary = [
+        [str(name)] + [_format((entry.get("volumes") or {}).get(key), fmt) for _, key, fmt in VOLUME_COLUMNS[1:]]
+        for name, entry in methods.items()
+        if isinstance(entry, dict)
+    ]
+    first = next(iter(volumes))
+    scans = [[_format(row.get(key), fmt) for _, key, fmt in SCAN_COLUMNS] for row in volumes[first]]
+    return [("Volumes", VOLUME_COLUMNS, summary), (f"Volumes: {first}, per scan", SCAN_COLUMNS, scans)]
+
+
+def _md_table(columns: list[tuple[str, str, str]], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header for header, _, _ in columns) + " |"]
+    lines.append("|" + "|".join("---" if fmt in ("name", "text") else "---:" for _, _, fmt in columns) + "|")
+    lines += ["| " + " | ".join(_md_text(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _html_table(columns: list[tuple[str, str, str]], rows: list[list[str]]) -> list[str]:
+    e = html.escape
+    parts = ["<table>", "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in columns) + "</tr></thead>"]
+    parts.append("<tbody>")
+    for row in rows:
+        cells = [
+            f"<td>{e(cell)}</td>" if fmt in ("name", "text") else f'<td class="num">{e(cell)}</td>'
+            for cell, (_, _, fmt) in zip(row, columns, strict=True)
+        ]
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    return [*parts, "</tbody>", "</table>"]
 
 
 def _summary(metrics: dict[str, Any]) -> list[tuple[str, str]]:
@@ -141,15 +191,15 @@ def _markdown(
     lines = ["# coinseg evaluation report", "", "## Data", ""]
     lines += [f"- {key}: {_md_text(value)}" for key, value in _summary(metrics)]
     lines += ["", "## Methods", ""]
-    headers = [header for header, _, _ in COLUMNS]
-    lines.append("| " + " | ".join(headers) + " |")
-    lines.append("|" + "|".join("---" if fmt in ("name", "text") else "---:" for _, _, fmt in COLUMNS) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(_md_text(cell) for cell in row) + " |")
+    lines += _md_table(COLUMNS, rows)
     if not rows:
         lines.append("")
         lines.append("No methods were evaluated.")
     lines += ["", DIRECTIONS, ""]
+    for title, columns, table in _volume_tables(metrics):
+        lines += [f"## {_md_text(title)}", "", *_md_table(columns, table), ""]
+    if _volume_tables(metrics):
+        lines += [VOLUME_RULES, ""]
     if notes:
         lines += ["## Notes", ""]
         lines += [f"- {_md_text(note)}" for note in notes]
@@ -183,19 +233,14 @@ def _html(
     parts += [f"<dt>{e(key)}</dt><dd>{e(value)}</dd>" for key, value in _summary(metrics)]
     parts += ["</dl>", "<h2>Methods</h2>"]
     if rows:
-        parts.append("<table>")
-        parts.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h, _, _ in COLUMNS) + "</tr></thead>")
-        parts.append("<tbody>")
-        for row in rows:
-            cells = [
-                f"<td>{e(cell)}</td>" if fmt in ("name", "text") else f'<td class="num">{e(cell)}</td>'
-                for cell, (_, _, fmt) in zip(row, COLUMNS, strict=True)
-            ]
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts += ["</tbody>", "</table>"]
+        parts += _html_table(COLUMNS, rows)
     else:
         parts.append("<p>No methods were evaluated.</p>")
     parts.append(f'<p class="legend">{e(DIRECTIONS)}</p>')
+    for title, columns, table in _volume_tables(metrics):
+        parts += [f"<h2>{e(title)}</h2>", *_html_table(columns, table)]
+    if _volume_tables(metrics):
+        parts.append(f'<p class="legend">{e(VOLUME_RULES)}</p>')
     if notes:
         parts += ["<h2>Notes</h2>", "<ul>"]
         parts += [f"<li>{e(note)}</li>" for note in notes]

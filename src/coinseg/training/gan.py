@@ -220,16 +220,17 @@ class GanTrainer:
           peak |x - x_cf| / 2, i.e. the lowest threshold that leaves ~95 % of them without a mask pixel
           (``--threshold auto``).
         """
-        x_cf, p = self.counterfactuals(data.images)
+        images = data.images[:]  # a lazy store view is read here: validation needs the whole split
+        x_cf, p = self.counterfactuals(images)
         cf = torch.from_numpy(x_cf)
         p_cf = probs(self.classifier, cf, self.fabric.device)
-        scored = scaled_edit(data.images, cf, self.cfg.kl_edit_scale)
+        scored = scaled_edit(images, cf, self.cfg.kl_edit_scale)
         p_scored = p_cf if scored is cf else probs(self.classifier, scored, self.fabric.device)
         _, _, t = conditions(torch.from_numpy(p), self.cfg)
         kl = float(losses.bernoulli_kl(t, torch.from_numpy(p_scored)))
-        diff = difference_map(data.images, cf)  # |x - x_cf| / 2
+        diff = difference_map(images, cf)  # |x - x_cf| / 2
         change = (2 * diff).mean(dim=(1, 2, 3)).numpy()
-        tv = float(losses.total_variation(data.images, cf))
+        tv = float(losses.total_variation(images, cf))
         normal = p < 0.5
         score = self.cfg.lambda_kl * kl + self.cfg.lambda_rec * float(change.mean()) + self.cfg.lambda_tv * tv
         peaks = diff.amax(dim=(1, 2, 3)).numpy()

@@ -1,0 +1,97 @@
+"""`coinseg segment` on volumes and prepared datasets: one NIfTI per scan, in the scan's exact voxels."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from coinseg.data.build import PrepareOptions, prepare_study
+from coinseg.inference import segment
+from coinseg.predictor import Predictor
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TUMOUR_HU, KIDNEY_HU = 300, 150
+
+
+def _kits_study(root: Path) -> dict[str, np.ndarray]:
+    """Two KiTS-layout cases (slice-first arrays, 3 mm planes, 1.5 mm pixels) with a bright tumour at known
+    voxels; returns {case: tumour voxels as stored}."""
+    affine = np.array([[0, 0, -1.5, 0], [0, -1.5, 0, 0], [-3.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    truth = {}
+    for i in range(2):
+        seg = np.zeros((10, 30, 30), np.uint8)  # planes first, as KiTS stores them
+        seg[2:8, 6 + i : 22 + i, 8:20] = 1
+        seg[3:6, 10 + i : 15 + i, 11 + i : 16 + i] = 2
+        ct = np.select([seg == 2, seg == 1], [TUMOUR_HU, KIDNEY_HU], -50).astype(np.int16)
+        folder = root / f"case_{i:05d}"
+        folder.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(ct, affine), folder / "imaging.nii.gz")
+        nib.save(nib.Nifti1Image(seg, affine), folder / "segmentation.nii.gz")
+        truth[f"case_{i:05d}"] = seg == 2
+    return truth
+
+
+def test_dataset_masks_land_on_the_known_voxels(
+    coin_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A predictor whose map is exactly 'bright tumour pixels' must give back the tumour voxels of every scan,
+    through ROI crop, 1.5 -> 1 mm resampling and paste-back."""
+    truth = _kits_study(tmp_path / "kits")
+    prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
+
+    def perfect(self: Predictor, arrays: list[np.ndarray], batch: int = 64):  # noqa: ANN202
+        maps = [(a > (TUMOUR_HU + KIDNEY_HU) / 2).astype(np.float32) for a in arrays]
+        return np.zeros(len(arrays)), np.zeros(len(arrays)), maps
+
+    monkeypatch.setattr(Predictor, "run", perfect)
+    out = tmp_path / "seg"
+    segment(coin_run, tmp_path / "ds", out, split="all", device="cpu", save_maps=True)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert sorted(r["case"] for r in rows) == sorted(truth)
+    for row in rows:
+        source = nib.load(tmp_path / "kits" / row["case"] / "imaging.nii.gz")
+        mask = nib.load(out / row["mask"])
+        assert mask.shape == source.shape and np.array_equal(mask.affine, source.affine)
+        assert np.array_equal(np.asarray(mask.dataobj) > 0, truth[row["case"]])
+        assert int(row["mask_pixels"]) == truth[row["case"]].sum()
+        assert float(row["lesion_ml"]) == pytest.approx(truth[row["case"]].sum() * 1.5 * 1.5 * 3.0 / 1000, abs=1e-4)
+        maps = nib.load(out / "maps" / f"{row['case']}.nii.gz")
+        assert maps.shape == source.shape and np.asarray(maps.dataobj).dtype == np.float32
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data fixtures not present")
+def test_totalsegmentator_subject_gives_one_mask_in_the_ct_geometry(coin_run: Path, tmp_path: Path) -> None:
+    prepare_study(SHARED / "totalsegmentator-mini", tmp_path / "ds", PrepareOptions(inject=True), lambda _: None)
+    out = tmp_path / "seg"
+    segment(coin_run, tmp_path / "ds", out, split="all", device="cpu", threshold=0.0)
+    ct = nib.load(SHARED / "totalsegmentator-mini" / "s0001" / "ct.nii.gz")
+    mask = nib.load(out / "masks" / "s0001.nii.gz")
+    assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine)
+    kidneys = sum(
+        np.asarray(nib.load(SHARED / "totalsegmentator-mini/s0001/segmentations" / f"kidney_{s}.nii.gz").dataobj)
+        for s in ("left", "right")
+    )
+    predicted = np.asarray(mask.dataobj) > 0
+    assert predicted.any() and not (predicted & (kidneys == 0)).any()  # nothing outside the organ
+
+
+def test_postprocess_removes_small_lesions_in_3d(
+    coin_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truth = _kits_study(tmp_path / "kits")
+    prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
+
+    def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64):  # noqa: ANN202
+        return np.zeros(len(arrays)), np.zeros(len(arrays)), [(a > 200).astype(np.float32) for a in arrays]
+
+    monkeypatch.setattr(Predictor, "run", bright)
+    tumour_mm3 = min(t.sum() for t in truth.values()) * 1.5 * 1.5 * 3.0
+    kept, gone = tmp_path / "kept", tmp_path / "gone"
+    segment(coin_run, tmp_path / "ds", kept, split="all", device="cpu", postprocess=True, min_lesion_mm3=tumour_mm3)
+    segment(coin_run, tmp_path / "ds", gone, split="all", device="cpu", postprocess=True, min_lesion_mm3=1e6)
+    assert all(np.asarray(nib.load(p).dataobj).any() for p in (kept / "masks").glob("*.nii.gz"))
+    assert not any(np.asarray(nib.load(p).dataobj).any() for p in (gone / "masks").glob("*.nii.gz"))
