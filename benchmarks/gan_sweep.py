@@ -31,7 +31,9 @@ from coinseg.evaluation.runner import score_maps
 from coinseg.method import load_classifier, probs
 from coinseg.predictor import to_original_size
 from coinseg.runtime.device import make_fabric
-from coinseg.training.gan import GanTrainer
+from coinseg.runtime.rundir import Deadline
+from coinseg.training.gan import GanHooks, GanTrainer
+from coinseg.training.loop import Cadences, DataOrder, train_loop
 
 
 def override(settings: Any, assignments: list[str]) -> Any:
@@ -56,6 +58,22 @@ def score(trainer: GanTrainer, test: Any, gts: list[np.ndarray], threshold: floa
     summary, _ = score_maps(maps, gts, test.labels.numpy(), threshold)
     keep = ("pooled_iou", "mean_dice", "normal_fp_rate", "pixel_ap")
     return {**{k: summary[k] for k in keep}, "cv": counterfactual_validity(p, p_cf)}
+
+
+class SweepHooks(GanHooks):
+    """The GAN's hooks with validation replaced by the test-split score (plus the validation score), timed so
+    that ``train_s`` counts training only."""
+
+    def __init__(self, trainer: GanTrainer, data: Any, gts: list[np.ndarray], threshold: float) -> None:
+        super().__init__(trainer, data, None)
+        self.gts, self.threshold, self.eval_seconds = gts, threshold, 0.0
+
+    def validate(self) -> dict[str, float | None]:
+        tic = time.perf_counter()
+        row = {**score(self.trainer, self.data.test, self.gts, self.threshold)}
+        row["val_score"] = self.trainer.validate(self.data.val)["score"]
+        self.eval_seconds += time.perf_counter() - tic
+        return row
 
 
 def main() -> None:
@@ -87,24 +105,29 @@ def main() -> None:
         raise SystemExit(f"{args.manifest}: no test split to score")
     gts = [load_mask(e, s) for e, s in zip(data.test.entries, data.test.shapes, strict=True)]
     fabric.seed_everything(settings.seed, verbose=False)
-    trainer = GanTrainer(settings, classifier, fabric)
-    generator = torch.Generator().manual_seed(settings.seed)
+    hooks = SweepHooks(GanTrainer.from_settings(settings, classifier, fabric), data, gts, args.threshold)
+    order = DataOrder(len(data.train), settings.gan.batch_size, settings.seed)
     name = args.name or (" ".join(args.sets) or "profile")
-    seconds, step = 0.0, 0  # training time only, evaluations excluded
+    step, tic = 0, time.perf_counter()
     for target in eval_at:
-        tic = time.perf_counter()
-        while step < target:
-            idx = torch.randint(len(data.train), (settings.gan.batch_size,), generator=generator)
-            trainer.step(data.train.images[idx].to(fabric.device), step)
-            step += 1
-        seconds += time.perf_counter() - tic
-        row = {
-            "name": name,
-            "step": step,
-            "train_s": round(seconds, 1),
-            **score(trainer, data.test, gts, args.threshold),
-        }
-        row["val_score"] = trainer.validate(data.val)["score"]
+        # the training loop of `coinseg train`, run in pieces: each piece ends with one evaluation
+        outcome = train_loop(
+            fabric,
+            hooks,
+            None,
+            order,
+            name=name,
+            start=step,
+            max_steps=target,
+            cadences=Cadences(log=0, validate=0, checkpoint=0),
+            deadline=Deadline(None),
+            record={},
+            score_key="val_score",
+            best_key="best_score",
+        )
+        step = outcome.step
+        seconds = time.perf_counter() - tic - hooks.eval_seconds
+        row = {"name": name, "step": step, "train_s": round(seconds, 1), **outcome.validation}
         line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         print(line, flush=True)
         if args.out is not None:

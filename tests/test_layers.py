@@ -38,6 +38,7 @@ FLOORS = {
     "coinseg.export": 5,
     "coinseg.demo": 6,
     "coinseg.cli": 7,
+    "coinseg.__main__": 7,
 }
 
 

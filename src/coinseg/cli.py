@@ -35,6 +35,9 @@ MinutesOpt = Annotated[
     typer.Option("--max-minutes", help="stop training cleanly after this long, with a checkpoint"),
 ]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
+DevicesOpt = Annotated[int, typer.Option(help="devices (processes) per node; more than 1 trains data-parallel (DDP)")]
+NodesOpt = Annotated[int, typer.Option(help="machines; needs torchrun or fabric run on each (see README)")]
+StrategyOpt = Annotated[str, typer.Option(help="auto or ddp (DDP whenever more than one process)")]
 THRESHOLD_HELP = "mask = |x - x_cf| / 2 > threshold (paper 0.25); 'auto' = the run's noise floor, calibrated on normal validation slices"
 
 
@@ -188,12 +191,15 @@ def train_classifier_cmd(
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     config: Annotated[Path | None, typer.Option(help="settings YAML instead of a profile")] = None,
+    devices: DevicesOpt = 1,
+    num_nodes: NodesOpt = 1,
+    strategy: StrategyOpt = "auto",
 ) -> None:
     """Train the normal/abnormal classifier that COIN explains."""
     from coinseg.training.classifier import train_classifier
 
     settings = _settings(profile, seed, precision, config)
-    train_classifier(manifest, out, settings, device, max_minutes, resume)
+    train_classifier(manifest, out, settings, device, max_minutes, resume, devices, num_nodes, strategy)
 
 
 @app.command()
@@ -211,6 +217,9 @@ def train(
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     config: Annotated[Path | None, typer.Option(help="settings YAML instead of a profile")] = None,
+    devices: DevicesOpt = 1,
+    num_nodes: NodesOpt = 1,
+    strategy: StrategyOpt = "auto",
 ) -> None:
     """Train the counterfactual-inpainting GAN against a frozen classifier."""
     from coinseg.config import apply_method
@@ -220,7 +229,7 @@ def train(
     settings.gan = apply_method(settings.gan, method)
     if max_steps is not None:
         settings.gan.max_steps = max_steps
-    train_gan(manifest, classifier, out, settings, device, max_minutes, resume)
+    train_gan(manifest, classifier, out, settings, device, max_minutes, resume, devices, num_nodes, strategy)
 
 
 @app.command()

@@ -167,6 +167,10 @@ class Settings:
     profile: Profile = Profile.quick
     seed: int = 0
     precision: Precision = Precision.fp32
+    # Speed settings for CUDA (same maths, rounding aside): networks in channels_last memory format, and
+    # torch.compile of E+G, D and the classifier (a one-off compile time; see benchmarks/gan_throughput.py).
+    channels_last: bool = False
+    compile: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     gan: GanConfig = field(default_factory=GanConfig)

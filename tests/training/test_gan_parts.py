@@ -50,7 +50,7 @@ def test_classifier_stays_in_eval_mode_through_validation(
     settings = tiny
     classifier, ckpt = load_classifier(classifier_run)
     data = prepare_data(tiny_data, settings.data.size, settings.data.percentiles, tuple(ckpt["window"]))
-    trainer = GanTrainer(settings, classifier, make_fabric("cpu", settings.precision))
+    trainer = GanTrainer.from_settings(settings, classifier, make_fabric("cpu", settings.precision))
     trainer.validate(data.val)
     trainer.step(data.train.images[:4], 0)
     assert not any(m.training for m in trainer.classifier.modules())
@@ -62,7 +62,7 @@ def test_stochastic_prob_uses_dropout_and_restores_eval(classifier_run: Path, ti
     from coinseg.training.gan import GanTrainer
 
     classifier, _ = load_classifier(classifier_run)
-    trainer = GanTrainer(tiny, classifier, make_fabric("cpu", tiny.precision))
+    trainer = GanTrainer.from_settings(tiny, classifier, make_fabric("cpu", tiny.precision))
     x = torch.rand(8, 1, 32, 32) * 2 - 1
     torch.manual_seed(0)
     assert not torch.equal(trainer._stochastic_prob(x), trainer._stochastic_prob(x))  # dropout active
@@ -85,7 +85,7 @@ def test_classifier_term_scores_the_scaled_edit(classifier_run: Path, tiny: Sett
 
     tiny.gan.kl_edit_scale, tiny.gan.kl_dropout = 0.25, False
     classifier, _ = load_classifier(classifier_run)
-    trainer = GanTrainer(tiny, classifier, make_fabric("cpu", tiny.precision))
+    trainer = GanTrainer.from_settings(tiny, classifier, make_fabric("cpu", tiny.precision))
     seen: list[torch.Tensor] = []
     trainer.classifier.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach()))
     x = torch.rand(4, 1, 32, 32) * 2 - 1
@@ -111,7 +111,7 @@ def test_noise_floor_is_the_quantile_of_peak_change_on_normal_slices(
 
     classifier, ckpt = load_classifier(classifier_run)
     data = prepare_data(tiny_data, tiny.data.size, tiny.data.percentiles, tuple(ckpt["window"]))
-    trainer = GanTrainer(tiny, classifier, make_fabric("cpu", tiny.precision))
+    trainer = GanTrainer.from_settings(tiny, classifier, make_fabric("cpu", tiny.precision))
     n = len(data.val)
     v = np.linspace(0.01, 0.3, n).astype(np.float32)
     v[data.val.labels.numpy() == 1] = 0.9  # abnormal slices must not count

@@ -9,7 +9,6 @@ Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.jso
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,19 @@ from coinseg.evaluation.metrics import accuracy_auroc
 from coinseg.method import load_classifier, probs
 from coinseg.models.classifier import build_classifier
 from coinseg.reporting.figures import progress_plot
-from coinseg.runtime.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint, write_json
-from coinseg.runtime.console import progress_bar
+from coinseg.runtime.checkpoint import write_json
 from coinseg.runtime.device import make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
-from coinseg.training.augment import augment
+from coinseg.training.augment import random_affine, warp
+from coinseg.training.loop import (
+    Cadences,
+    DataOrder,
+    on_rank_zero_first,
+    prepare_network,
+    resume_from,
+    train_loop,
+    unwrapped,
+)
 
 
 def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[str, float | None]:
@@ -56,6 +63,66 @@ def _sampling_weights(labels: torch.Tensor) -> torch.Tensor:
     return torch.where(labels > 0.5, 0.5 / positive, 0.5 / (1.0 - positive))
 
 
+class ClassifierHooks:
+    """The classifier's part of :func:`coinseg.training.loop.train_loop`: BCE step with augmentation, cosine
+    schedule, validation loss / accuracy / AUROC on ``data.val`` (the unwrapped model, rank 0)."""
+
+    def __init__(self, fabric: Any, model: nn.Module, optimizer: Any, data: Any, cfg: Any, order: DataOrder) -> None:
+        self.fabric, self.model, self.optimizer, self.data, self.cfg, self.order = (
+            fabric,
+            model,
+            optimizer,
+            data,
+            cfg,
+            order,
+        )
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, cfg.max_steps))
+        self.running = torch.zeros(2, device=fabric.device)  # sum of step losses, number of steps
+
+    def train_step(self, step: int, idx: torch.Tensor) -> None:
+        # augmentation drawn for the whole global batch (as one process would), applied to this rank's rows
+        theta = self.order.shard(random_affine(self.cfg.batch_size, self.cfg, self.order.generator))
+        x = warp(self.data.train.images[idx], theta).to(self.fabric.device)
+        y = self.data.train.labels[idx].to(self.fabric.device)
+        loss = F.binary_cross_entropy_with_logits(self.model(x).float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(loss)
+        self.optimizer.step()
+        self.schedule.step()
+        self.running += torch.stack([loss.detach(), torch.ones((), device=loss.device)])
+
+    def read_losses(self) -> dict[str, float]:
+        total = self.fabric.all_reduce(self.running, reduce_op="sum") if self.fabric.world_size > 1 else self.running
+        loss, steps = total.tolist()
+        self.running.zero_()
+        return {"train_loss": loss / max(steps, 1)}
+
+    def validate(self) -> dict[str, float | None]:
+        with self.fabric.autocast():
+            return _evaluate(unwrapped(self.model), self.data.val, self.fabric.device)
+
+    def best_state(self, validation: dict[str, float | None]) -> dict[str, Any]:
+        return {"model": self.model.state_dict()}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "running": self.running.cpu(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if "running" in state:
+            self.running.copy_(state["running"])
+
+    def sample(self, step: int) -> None:
+        return None
+
+
 def train_classifier(
     manifest: Path,
     out: Path,
@@ -63,39 +130,63 @@ def train_classifier(
     device: DeviceChoice = DeviceChoice.auto,
     max_minutes: float | None = None,
     resume: bool = False,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
 ) -> dict[str, Any]:
-    """Train f from ``manifest`` into run directory ``out``; returns the test metrics (or val, if no test)."""
-    cfg = settings.classifier
+    """Train f from ``manifest`` into run directory ``out``; returns the test metrics (or val, if no test).
+
+    ``devices`` x ``num_nodes`` processes train data-parallel (see :func:`coinseg.runtime.device.make_fabric`);
+    only the global-zero rank writes files and returns the metrics (the others return ``{"step": n}``).
+    """
     RunDir.check(out, resume)
-    fabric = make_fabric(device, settings.precision)
+    fabric = make_fabric(device, settings.precision, devices, num_nodes, strategy)
     fixed = tuple(settings.data.window) if settings.data.window else None
     data = prepare_data(manifest, settings.data.size, settings.data.percentiles, fixed, settings.seed)  # type: ignore[arg-type]
-    run = RunDir(out, settings, resume, "classifier-run", (manifest,))
-    for note in data.notes:
-        run.log(note)
-    run.log(
-        f"classifier {cfg.arch.value}: {len(data.train)} train / {len(data.val)} val slices at "
-        f"{settings.data.size}px, window {data.window} ({data.intensity}), device {fabric.device}"
-    )
+    run = on_rank_zero_first(fabric, lambda: RunDir(out, settings, resume, "classifier-run", (manifest,)))
+    try:
+        return _train(fabric, run, data, manifest, out, settings, max_minutes, resume)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _train(
+    fabric: Any,
+    run: RunDir | None,
+    data: Any,
+    manifest: Path,
+    out: Path,
+    settings: Settings,
+    max_minutes: float | None,
+    resume: bool,
+) -> dict[str, Any]:
+    cfg = settings.classifier
+    if run is not None:
+        for note in data.notes:
+            run.log(note)
+        run.log(
+            f"classifier {cfg.arch.value}: {len(data.train)} train / {len(data.val)} val slices at "
+            f"{settings.data.size}px, window {data.window} ({data.intensity}), device {fabric.device}"
+            + (f", {fabric.world_size} processes" if fabric.world_size > 1 else "")
+        )
     fabric.seed_everything(settings.seed, verbose=False)
-    model = build_classifier(cfg.arch, cfg.widths)
+    model = prepare_network(fabric, build_classifier(cfg.arch, cfg.widths), settings.channels_last, settings.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = fabric.setup(model, optimizer)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_factor(s, cfg.max_steps))
-    generator = torch.Generator().manual_seed(settings.seed)
-    step, best_loss = 0, None
-    if resume:
-        state = load_checkpoint(run.last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        restore_rng(state["rng"])
-        step, best_loss = state["step"], state["best_loss"]
-        run.trim_metrics(step)
-        run.log(f"resumed at step {step}")
-
-    common = {
+    order = DataOrder(
+        len(data.train),
+        cfg.batch_size,
+        settings.seed,
+        fabric.global_rank,
+        fabric.world_size,
+        _sampling_weights(data.train.labels),
+    )
+    hooks = ClassifierHooks(fabric, model, optimizer, data, cfg, order)
+    start, best = (
+        resume_from(fabric, hooks, order, out / "checkpoints" / "last.pt", run, "best_loss") if resume else (0, None)
+    )
+    record = {
         "kind": "classifier",
         "arch": cfg.arch.value,
         "widths": list(cfg.widths),
@@ -105,71 +196,39 @@ def train_classifier(
         "settings": settings_to_dict(settings),
         "versions": versions(),
     }
-    weights = _sampling_weights(data.train.labels)
-    deadline = Deadline(max_minutes)
     model.train()
-    running = torch.zeros((), device=fabric.device)
-    tic, tic_step = time.time(), step
-    with progress_bar("classifier", cfg.max_steps, step) as (progress, task):
-        while True:
-            stop = step >= cfg.max_steps or deadline.expired()
-            if not stop:
-                idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=generator)
-                x = augment(data.train.images[idx], cfg, generator).to(fabric.device)
-                y = data.train.labels[idx].to(fabric.device)
-                loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                optimizer.step()
-                schedule.step()
-                running += loss.detach()
-                step += 1
-                progress.advance(task)
-                stop = step >= cfg.max_steps or deadline.expired()
-            if stop or step % cfg.eval_every == 0:
-                rate = (step - tic_step) / max(time.time() - tic, 1e-9)
-                val = _evaluate(model, data.val, fabric.device)
-                model.train()
-                train_loss = float(running) / max(step - tic_step, 1)
-                running.zero_()
-                tic, tic_step = time.time(), step
-                improved = best_loss is None or val["loss"] < best_loss
-                if improved:
-                    best_loss = val["loss"]
-                    save_checkpoint({**common, "model": model.state_dict(), "step": step}, run.best)
-                save_checkpoint(
-                    {
-                        **common,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "generator": generator.get_state(),
-                        "rng": rng_state(),
-                        "step": step,
-                        "best_loss": best_loss,
-                    },
-                    run.last,
-                )
-                row: dict[str, Any] = {"step": step, "train_loss": train_loss, "steps_per_s": rate}
-                row.update({f"val_{k}": v for k, v in val.items()})
-                run.append_metrics(row)
-                progress.update(task, info=f"loss {train_loss:.3f} val acc {val['accuracy']:.3f} {rate:.1f} it/s")
-            if stop:
-                break
-    if deadline.expired() and step < cfg.max_steps:
-        run.log(f"--max-minutes reached: stopped at step {step} with a checkpoint")
-
-    best, _ = load_classifier(out)
-    final = {"step": step, "val": _evaluate(best.to(fabric.device), data.val, fabric.device)}
+    outcome = train_loop(
+        fabric,
+        hooks,
+        run,
+        order,
+        name="classifier",
+        start=start,
+        max_steps=cfg.max_steps,
+        cadences=Cadences(log=cfg.eval_every, validate=cfg.eval_every, checkpoint=cfg.eval_every),
+        deadline=Deadline(max_minutes),
+        record=record,
+        score_key="loss",
+        best_key="best_loss",
+        best=best,
+        describe=lambda row: (
+            f"loss {row['train_loss']:.3f} val acc {row.get('val_accuracy') or 0:.3f} {row['steps_per_s']:.1f} it/s"
+        ),
+    )
+    if run is None:
+        return {"step": outcome.step}
+    best_model, _ = load_classifier(out)
+    final = {"step": outcome.step, "val": _evaluate(best_model.to(fabric.device), data.val, fabric.device)}
     if data.test is not None:
-        final["test"] = _evaluate(best, data.test, fabric.device)
+        final["test"] = _evaluate(best_model, data.test, fabric.device)
     write_json(final, out / "test_metrics.json")
     progress_plot(out / "metrics.csv", out / "progress.png")
-    run.write_run_json(fabric.device, {"kind": "classifier", "steps": step, "window": data.window, "metrics": final})
+    run.write_run_json(
+        fabric.device, {"kind": "classifier", "steps": outcome.step, "window": data.window, "metrics": final}
+    )
     summary = final.get("test", final["val"])
     run.log(
         f"classifier done: {'test' if 'test' in final else 'val'} accuracy {summary['accuracy']:.3f}, "  # type: ignore[index]
         f"AUROC {summary['auroc'] if summary['auroc'] is None else round(summary['auroc'], 4)}"  # type: ignore[index]
     )
-    run.close()
     return final

@@ -7,7 +7,10 @@ Per step, with the frozen classifier f (eval mode, no parameter grads; gradients
     adv(D(x_cf, c)) + λ_kl KL(t || f(x + s (x_cf - x))) + λ_rec [L1(x, x_id) + cyclic] + λ_tv TV + λ_minc L1(x, x_cf),
   where x_id = x_cf (single) or I(x, b) (dual) and the cyclic term is L1(x, I(x_cf, c')) (paper) or
   L1(x_cf, I(x_cf, c')) (idempotent), c' = c (single) or b (dual). On the other steps E+G run under no_grad.
-  s = ``kl_edit_scale`` (1 = the paper's f(x_cf)). D is updated every step on (x, b) as real and (x_cf, c) as fake.
+  s = ``kl_edit_scale`` (1 = the paper's f(x_cf)). D is updated every step on (x, b) as real and (x_cf, c) as fake,
+  both in ONE call on their concatenation (D has no batch statistics, so this is the same function of each
+  sample; its spectral-norm power iteration then runs once per D step, and under DDP its buffers are broadcast
+  once). In the G step D (parameters frozen) and the classifier are called unwrapped, outside DDP.
 No host-device synchronisation inside the step: losses are accumulated on the device and read every
 ``log_every`` steps.
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from coinseg import losses
-from coinseg.config import Conditioning, Cyclic, DeviceChoice, Settings, settings_to_dict
+from coinseg.config import Conditioning, Cyclic, DeviceChoice, GanConfig, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.errors import RunError
@@ -34,10 +36,17 @@ from coinseg.evaluation.metrics import counterfactual_validity, difference_map, 
 from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
 from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
-from coinseg.runtime.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from coinseg.runtime.console import progress_bar
 from coinseg.runtime.device import make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
+from coinseg.training.loop import (
+    Cadences,
+    DataOrder,
+    on_rank_zero_first,
+    prepare_network,
+    resume_from,
+    train_loop,
+    unwrapped,
+)
 
 LOSS_NAMES = ("d", "adv", "kl", "rec", "tv", "g")
 # `--threshold auto`: the quantile, over normal validation slices, of each slice's peak |x - x_cf| / 2.
@@ -57,24 +66,49 @@ def update_ema(ema: nn.Module, live: nn.Module, decay: float, updates: int) -> N
 
 
 class GanTrainer:
-    """Holds I = (E, G, fusion), D, the frozen classifier and both Adam optimisers (set up by Fabric)."""
+    """Holds I = (E, G, fusion), D, their Adam optimisers (all set up by Fabric), the EMA copy of I and the frozen
+    classifier (moved to the device, never wrapped: no DDP for a network without trainable parameters)."""
 
-    def __init__(self, settings: Settings, classifier: nn.Module, fabric: Any) -> None:
-        self.cfg = settings.gan
-        self.fabric = fabric
-        inpainter, discriminator = build_inpainter(self.cfg), build_discriminator(self.cfg)
-        betas = (self.cfg.betas[0], self.cfg.betas[1])
-        opt_g = torch.optim.Adam(inpainter.parameters(), lr=self.cfg.lr, betas=betas)
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=self.cfg.lr, betas=betas)
-        self.inpainter, self.opt_g = fabric.setup(inpainter, opt_g)
-        self.ema = copy.deepcopy(inpainter).eval().requires_grad_(False) if self.cfg.ema else None
+    def __init__(
+        self,
+        cfg: GanConfig,
+        fabric: Any,
+        inpainter: Any,
+        discriminator: nn.Module,
+        opt_g: Any,
+        opt_d: Any,
+        classifier: nn.Module,
+        ema: nn.Module | None = None,
+    ) -> None:
+        self.cfg, self.fabric = cfg, fabric
+        self.inpainter, self.opt_g, self.discriminator, self.opt_d = inpainter, opt_g, discriminator, opt_d
+        self.ema = ema
         self.g_updates = 0
-        self.discriminator, self.opt_d = fabric.setup(discriminator, opt_d)
-        # Frozen once, visibly: the Fabric wrapper has its own `training` flag, so it is put in eval mode too
-        # (else code that restores a module's mode would switch the classifier's BatchNorm/dropout to train).
-        self.classifier = fabric.setup_module(classifier.requires_grad_(False)).eval()
+        # D as G's loss sees it: no DDP (its parameters are frozen in the G step, so DDP would wait for gradients)
+        self.discriminator_fn: nn.Module = unwrapped(discriminator)
+        self.classifier = classifier.requires_grad_(False).eval().to(fabric.device)
         self.totals = torch.zeros(len(LOSS_NAMES), device=fabric.device)
         self.counted = torch.zeros(len(LOSS_NAMES), device=fabric.device)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, classifier: nn.Module, fabric: Any) -> GanTrainer:
+        """Build E+G, D and their optimisers from ``settings`` (seed Fabric first for a reproducible start), with
+        the speed settings (channels_last, compile) and SyncBatchNorm under multi-GPU DDP, and set them up."""
+        cfg = settings.gan
+        built: tuple[nn.Module, nn.Module] = (build_inpainter(cfg), build_discriminator(cfg))
+        speed = (settings.channels_last, settings.compile)
+        inpainter = prepare_network(fabric, built[0], settings.channels_last, False)
+        ema = copy.deepcopy(inpainter).eval().requires_grad_(False).to(fabric.device) if cfg.ema else None
+        if settings.compile:
+            inpainter.compile()
+        discriminator = prepare_network(fabric, built[1], *speed)
+        classifier = prepare_network(fabric, classifier, *speed) if any(speed) else classifier
+        betas = (cfg.betas[0], cfg.betas[1])
+        opt_g = torch.optim.Adam(inpainter.parameters(), lr=cfg.lr, betas=betas)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
+        inpainter, opt_g = fabric.setup(inpainter, opt_g)
+        discriminator, opt_d = fabric.setup(discriminator, opt_d)
+        return cls(cfg, fabric, inpainter, discriminator, opt_g, opt_d, classifier, ema)
 
     def _prob(self, x: Tensor) -> Tensor:
         return prob(self.classifier, x)
@@ -93,12 +127,13 @@ class GanTrainer:
     def _generator_loss(self, x: Tensor, b: Tensor, c: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (total G loss, x_cf, per-term losses [adv, kl, rec, tv])."""
         cfg = self.cfg
-        feats = self.inpainter.encoder(x)
+        dual = cfg.conditioning is Conditioning.dual
+        feats = self.inpainter.encoder(x) if dual else None  # E(x), reused for the identity term
         x_cf = self.inpainter(x, c, feats)
-        adv = losses.adversarial_g(self.discriminator(x_cf, c).float(), cfg.adv_loss)
+        adv = losses.adversarial_g(self.discriminator_fn(x_cf, c).float(), cfg.adv_loss)
         scored = scaled_edit(x, x_cf, cfg.kl_edit_scale)
         kl = losses.bernoulli_kl(t, self._stochastic_prob(scored) if cfg.kl_dropout else self._prob(scored))
-        x_id = x_cf if cfg.conditioning is Conditioning.single else self.inpainter(x, b, feats)
+        x_id = self.inpainter(x, b, feats) if dual else x_cf
         rec = losses.l1(x, x_id)
         if cfg.cyclic is not Cyclic.none:
             back = c if cfg.conditioning is Conditioning.single else b
@@ -112,28 +147,31 @@ class GanTrainer:
 
     def step(self, x: Tensor, step: int) -> None:
         """One training iteration on a batch x (B x 1 x H x W in [-1, 1], on the device)."""
-        with torch.no_grad():
+        autocast = self.fabric.autocast
+        with torch.no_grad(), autocast():
             p = self._prob(x)
         b, c, t = conditions(p, self.cfg)
         if step % self.cfg.gen_every == 0:
-            self.discriminator.requires_grad_(False)
-            total, x_cf, terms = self._generator_loss(x, b, c, t)
+            self.discriminator_fn.requires_grad_(False)
+            with autocast():
+                total, x_cf, terms = self._generator_loss(x, b, c, t)
             self.opt_g.zero_grad(set_to_none=True)
             self.fabric.backward(total)
             self.opt_g.step()
             if self.ema is not None:
                 update_ema(self.ema, self.inpainter, self.cfg.ema, self.g_updates)
             self.g_updates += 1
-            self.discriminator.requires_grad_(True)
+            self.discriminator_fn.requires_grad_(True)
             self.totals[1:5] += terms
             self.totals[5] += total.detach()
             self.counted[1:] += 1
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 x_cf = self.inpainter(x, c)
-        d_loss = losses.adversarial_d(
-            self.discriminator(x, b).float(), self.discriminator(x_cf.detach(), c).float(), self.cfg.adv_loss
-        )
+        with autocast():
+            logits = self.discriminator(torch.cat([x, x_cf.detach()]), torch.cat([b, c])).float()
+            real, fake = logits.split(x.shape[0])
+            d_loss = losses.adversarial_d(real, fake, self.cfg.adv_loss)
         self.opt_d.zero_grad(set_to_none=True)
         self.fabric.backward(d_loss)
         self.opt_d.step()
@@ -141,16 +179,20 @@ class GanTrainer:
         self.counted[0] += 1
 
     def read_losses(self) -> dict[str, float]:
-        """Mean of each loss since the last call (one device sync), then reset."""
-        means = (self.totals / self.counted.clamp(min=1)).tolist()
+        """Mean of each loss since the last call over all ranks (one device sync; a sum over ranks), then reset."""
+        totals, counted = self.totals, self.counted
+        if self.fabric.world_size > 1:
+            totals, counted = self.fabric.all_reduce(torch.stack([totals, counted]), reduce_op="sum")
+        means = (totals / counted.clamp(min=1)).tolist()
         self.totals.zero_()
         self.counted.zero_()
         return dict(zip(LOSS_NAMES, means, strict=True))
 
     @property
     def inference_inpainter(self) -> nn.Module:
-        """The weights used for validation, `best` and inference: the EMA copy when enabled."""
-        return self.ema if self.ema is not None else self.inpainter
+        """The weights used for validation, `best` and inference: the EMA copy when enabled (unwrapped: validation
+        runs on the global-zero rank alone)."""
+        return self.ema if self.ema is not None else unwrapped(self.inpainter)
 
     @torch.no_grad()
     def counterfactuals(self, images: Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -160,10 +202,11 @@ class GanTrainer:
         outs, probs = [], []
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(self.fabric.device)
-            p = self._prob(x)
-            outs.append(model(x, conditions(p, self.cfg)[1]).float().cpu())
+            with self.fabric.autocast():
+                p = self._prob(x)
+                outs.append(model(x, conditions(p, self.cfg)[1]).float().cpu())
             probs.append(p.cpu())
-        if model is self.inpainter:
+        if model is not self.ema:
             model.train()
         return torch.cat(outs).numpy(), torch.cat(probs).numpy()
 
@@ -212,6 +255,7 @@ class GanTrainer:
             "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            "loss_sums": torch.stack([self.totals, self.counted]).cpu(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -222,10 +266,52 @@ class GanTrainer:
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        if "loss_sums" in state:
+            self.totals.copy_(state["loss_sums"][0])
+            self.counted.copy_(state["loss_sums"][1])
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class GanHooks:
+    """The GAN's part of :func:`coinseg.training.loop.train_loop`: the step on this rank's slices (moved to the
+    device), validation on ``data.val``, ``best.pt`` with the inference weights and the auto threshold, sample
+    grids of ``preview`` under ``out/samples`` (``out`` None: no samples)."""
+
+    def __init__(self, trainer: GanTrainer, data: Any, out: Path | None) -> None:
+        self.trainer, self.data, self.out = trainer, data, out
+        self.preview = data.val.images[torch.argsort(-data.val.labels, stable=True)[:8]]
+
+    def train_step(self, step: int, idx: Tensor) -> None:
+        self.trainer.step(self.data.train.images[idx].to(self.trainer.fabric.device, non_blocking=True), step)
+
+    def read_losses(self) -> dict[str, float]:
+        return self.trainer.read_losses()
+
+    def validate(self) -> dict[str, float | None]:
+        return self.trainer.validate(self.data.val)
+
+    def best_state(self, validation: dict[str, float | None]) -> dict[str, Any]:
+        return {"inpainter": self.trainer.inference_inpainter.state_dict(), "auto_threshold": validation["noise_floor"]}
+
+    def state(self) -> dict[str, Any]:
+        return self.trainer.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state(state)
+
+    def sample(self, step: int) -> None:
+        if self.out is not None:
+            x_cf, _ = self.trainer.counterfactuals(self.preview)
+            sample_grid(self.preview.numpy(), x_cf, self.out / "samples" / f"step_{step:07d}.png")
+
+
+def gan_cadences(cfg: GanConfig) -> Cadences:
+    """The GAN's cadences: rows every ``log_every``, validation and ``last.pt`` every ``val_every``, samples every
+    ``sample_every`` steps."""
+    return Cadences(log=cfg.log_every, validate=cfg.val_every, checkpoint=cfg.val_every, samples=cfg.sample_every)
 
 
 def train_gan(
@@ -236,11 +322,14 @@ def train_gan(
     device: DeviceChoice = DeviceChoice.auto,
     max_minutes: float | None = None,
     resume: bool = False,
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
 ) -> dict[str, Any]:
-    """Train the counterfactual GAN against the classifier of ``classifier_run``; returns the last validation."""
-    cfg = settings.gan
+    """Train the counterfactual GAN against the classifier of ``classifier_run``; returns the last validation
+    (on the global-zero rank; the other ranks of a multi-process run return an empty dict)."""
     RunDir.check(out, resume)
-    fabric = make_fabric(device, settings.precision)
+    fabric = make_fabric(device, settings.precision, devices, num_nodes, strategy)
     classifier, clf_ckpt = load_classifier(classifier_run)
     if clf_ckpt["size"] != settings.data.size:
         raise RunError(
@@ -257,26 +346,45 @@ def train_gan(
     kept = out / "checkpoints" / "classifier.pt"
     if resume and kept.is_file() and _digest(kept) != _digest(source):
         raise RunError(f"{classifier_run}: not the classifier this run was trained with; resume with the original")
-    run = RunDir(out, settings, resume, "gan-run", (manifest, classifier_run), frozenset({"gan.max_steps"}))
-    if not resume:
-        shutil.copyfile(source, kept)
-    run.log(
-        f"{cfg.method.value} GAN: {len(data.train)} train / {len(data.val)} val slices at {settings.data.size}px, "
-        f"window {data.window}, device {fabric.device}, G every {cfg.gen_every} step(s)"
-    )
+
+    def claim() -> RunDir:
+        run = RunDir(out, settings, resume, "gan-run", (manifest, classifier_run), frozenset({"gan.max_steps"}))
+        if not resume:
+            shutil.copyfile(source, kept)
+        return run
+
+    run = on_rank_zero_first(fabric, claim)
+    try:
+        return _train(fabric, run, data, classifier, out, settings, max_minutes, resume)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _train(
+    fabric: Any,
+    run: RunDir | None,
+    data: Any,
+    classifier: nn.Module,
+    out: Path,
+    settings: Settings,
+    max_minutes: float | None,
+    resume: bool,
+) -> dict[str, Any]:
+    cfg = settings.gan
+    if run is not None:
+        run.log(
+            f"{cfg.method.value} GAN: {len(data.train)} train / {len(data.val)} val slices at {settings.data.size}px, "
+            f"window {data.window}, device {fabric.device}, G every {cfg.gen_every} step(s)"
+            + (f", {fabric.world_size} processes" if fabric.world_size > 1 else "")
+        )
     fabric.seed_everything(settings.seed, verbose=False)
-    trainer = GanTrainer(settings, classifier, fabric)
-    generator = torch.Generator().manual_seed(settings.seed)
-    step, best_score = 0, None
-    if resume:
-        state = load_checkpoint(run.last)
-        trainer.load_state(state)
-        generator.set_state(state["generator"])
-        restore_rng(state["rng"])
-        step, best_score = state["step"], state["best_score"]
-        run.trim_metrics(step)
-        run.log(f"resumed at step {step}")
-    common = {
+    trainer = GanTrainer.from_settings(settings, classifier, fabric)
+    order = DataOrder(len(data.train), cfg.batch_size, settings.seed, fabric.global_rank, fabric.world_size)
+    hooks = GanHooks(trainer, data, out)
+    last = out / "checkpoints" / "last.pt"
+    start, best = resume_from(fabric, hooks, order, last, run, "best_score") if resume else (0, None)
+    record = {
         "kind": "gan",
         "method": cfg.method.value,
         "size": settings.data.size,
@@ -285,65 +393,31 @@ def train_gan(
         "settings": settings_to_dict(settings),
         "versions": versions(),
     }
-    preview = data.val.images[torch.argsort(-data.val.labels, stable=True)[:8]]
-    deadline = Deadline(max_minutes)
-    validation: dict[str, float | None] = {}
-    tic, tic_step = time.time(), step
-    with progress_bar(f"{cfg.method.value} GAN", cfg.max_steps, step) as (progress, task):
-        while True:
-            done = step >= cfg.max_steps or deadline.expired()
-            if not done:
-                idx = torch.randint(len(data.train), (cfg.batch_size,), generator=generator)
-                trainer.step(data.train.images[idx].to(fabric.device), step)
-                step += 1
-                progress.advance(task)
-                done = step >= cfg.max_steps or deadline.expired()
-            if step % cfg.log_every == 0 or done:
-                rate = (step - tic_step) / max(time.time() - tic, 1e-9)
-                tic, tic_step = time.time(), step
-                row: dict[str, Any] = {"step": step, "steps_per_s": rate, **trainer.read_losses()}
-                if step % cfg.val_every == 0 or done:
-                    validation = trainer.validate(data.val)
-                    row.update({f"val_{k}": v for k, v in validation.items()})
-                    score = validation["score"]
-                    if best_score is None or (score is not None and score < best_score):
-                        best_score = score
-                        save_checkpoint(
-                            {
-                                **common,
-                                "inpainter": trainer.inference_inpainter.state_dict(),
-                                "step": step,
-                                "auto_threshold": validation["noise_floor"],
-                            },
-                            run.best,
-                        )
-                    save_checkpoint(
-                        {
-                            **common,
-                            **trainer.state(),
-                            "generator": generator.get_state(),
-                            "rng": rng_state(),
-                            "step": step,
-                            "best_score": best_score,
-                        },
-                        run.last,
-                    )
-                if step % cfg.sample_every == 0 or done:
-                    x_cf, _ = trainer.counterfactuals(preview)
-                    sample_grid(preview.numpy(), x_cf, out / "samples" / f"step_{step:07d}.png")
-                run.append_metrics(row)
-                progress.update(task, info=f"G {row['g']:.3f} D {row['d']:.3f} {rate:.2f} it/s")
-            if done:
-                break
-    if deadline.expired() and step < cfg.max_steps:
-        run.log(f"--max-minutes reached: stopped at step {step} with a checkpoint")
+    outcome = train_loop(
+        fabric,
+        hooks,
+        run,
+        order,
+        name=f"{cfg.method.value} GAN",
+        start=start,
+        max_steps=cfg.max_steps,
+        cadences=gan_cadences(cfg),
+        deadline=Deadline(max_minutes),
+        record=record,
+        score_key="score",
+        best_key="best_score",
+        best=best,
+        describe=lambda row: f"G {row.get('g', 0):.3f} D {row.get('d', 0):.3f} {row.get('steps_per_s', 0):.2f} it/s",
+    )
+    validation = outcome.validation
+    if run is None:
+        return validation
     progress_plot(out / "metrics.csv", out / "progress.png")
     run.write_run_json(
-        fabric.device, {"kind": "gan", "method": cfg.method.value, "steps": step, "validation": validation}
+        fabric.device, {"kind": "gan", "method": cfg.method.value, "steps": outcome.step, "validation": validation}
     )
-    run.log(f"GAN done at step {step}: val CV {validation.get('cv')}, flip rate {validation.get('flip_rate')}")
-    run.close()
+    run.log(f"GAN done at step {outcome.step}: val CV {validation.get('cv')}, flip rate {validation.get('flip_rate')}")
     return validation
 
 
-__all__ = ["GanTrainer", "train_gan"]
+__all__ = ["GanHooks", "GanTrainer", "gan_cadences", "train_gan"]
