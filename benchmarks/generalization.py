@@ -260,26 +260,20 @@ def run_member(member: Member, root: Path, args: argparse.Namespace) -> dict[str
     seconds = {"data": time.perf_counter() - tic}
     cpu = ["--device", "cpu"]
     if not (root / "clf" / "test_metrics.json").exists():
-        seconds["classifier"] = coinseg(
-            [
-                "train-classifier",
-                str(manifest),
-                "--out",
-                str(root / "clf"),
-                *cpu,
-                "--max-minutes",
-                str(args.clf_minutes),
-            ],
-            log,
-            args.nice,
-        )
-    if not (root / "gan" / "checkpoints").exists() or not any((root / "gan" / "checkpoints").glob("best*")):
-        seconds["gan"] = coinseg(
-            ["train", str(manifest), "--classifier", str(root / "clf"), "--out", str(root / "gan"), *cpu]
-            + ["--max-minutes", str(args.gan_minutes)],
-            log,
-            args.nice,
-        )
+        clf_args = ["train-classifier", str(manifest), "--out", str(root / "clf"), *cpu]
+        if args.clf_steps is not None:  # the quick profile with only the number of steps changed
+            from coinseg.config import profile_settings, save_settings
+
+            settings = profile_settings("quick")
+            settings.classifier.max_steps = args.clf_steps
+            save_settings(settings, root / "classifier.yaml")
+            clf_args += ["--config", str(root / "classifier.yaml")]
+        clf_args += ["--max-minutes", str(args.clf_minutes)]
+        seconds["classifier"] = coinseg(clf_args, log, args.nice)
+    if not (root / "gan" / "checkpoints" / "best.pt").exists():
+        gan_args = ["train", str(manifest), "--classifier", str(root / "clf"), "--out", str(root / "gan"), *cpu]
+        gan_args += ["--max-steps", str(args.gan_steps)] if args.gan_steps is not None else []
+        seconds["gan"] = coinseg([*gan_args, "--max-minutes", str(args.gan_minutes)], log, args.nice)
     metrics = {}
     for tag, extra in (("default", []), ("auto", ["--threshold", "auto"])):
         out = root / f"eval-{tag}"
@@ -296,6 +290,7 @@ def run_member(member: Member, root: Path, args: argparse.Namespace) -> dict[str
         "n_abnormal": metrics["default"]["n_abnormal"],
         "n_normal": metrics["default"]["n_normal"],
         "seconds": seconds,
+        "steps": {k: json.loads((root / k / "run.json").read_text())["steps"] for k in ("clf", "gan")},
         "diagnosis": diagnose(root, manifest),
     }
     result_file.write_text(json.dumps(result, indent=2))
@@ -410,13 +405,15 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown tables: scores at the default and auto thresholds, then the diagnosis."""
     lines = [
-        "| member | clf AUROC | pooled IoU (0.25) | IoU auto (thr) | mean Dice | pixel AP | CV | normal FP (0.25 / auto) | s (data / clf / gan / eval) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| member | clf AUROC | pooled IoU (0.25) | IoU auto (thr) | mean Dice | pixel AP | CV | normal FP (0.25 / auto) | steps clf / gan | s (data / clf / gan / eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         d, a, s = r["default"], r["auto"], r["seconds"]
+        steps = r.get("steps", {})
         secs = (
-            " / ".join(f"{s.get(k, 0):.0f}" for k in ("data", "classifier", "gan"))
+            f"{steps.get('clf', '?')} / {steps.get('gan', '?')} | "
+            + " / ".join(f"{s.get(k, 0):.0f}" for k in ("data", "classifier", "gan"))
             + f" / {s.get('eval-default', 0) + s.get('eval-auto', 0):.0f}"
         )
         lines.append(
@@ -450,6 +447,8 @@ def main() -> None:
     parser.add_argument("--n-slices", type=int, default=1500, help="slices per member")
     parser.add_argument("--clf-minutes", type=float, default=3.0, help="classifier budget per member")
     parser.add_argument("--gan-minutes", type=float, default=5.0, help="GAN budget per member")
+    parser.add_argument("--clf-steps", type=int, default=None, help="classifier steps (default: the profile's)")
+    parser.add_argument("--gan-steps", type=int, default=None, help="GAN steps (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--generate-only", action="store_true", help="write the members' data and stop")
