@@ -1,0 +1,487 @@
+"""Generalization suite: data coinseg was not tuned on, through the public manifest contract only.
+
+Each member is one row of ``MEMBERS`` (parameters, not code): the anatomy (the procedural phantom, or the real
+TotalSegmentator subject in ``../shared/data/totalsegmentator-mini``, read in place, with lesions injected into its
+kidneys), the image size and aspect, the lesions' polarity, contrast (HU), diameter (mm), shape and count per
+abnormal slice, and whether the manifest has an ``organ`` column. A member is written under ``--work`` as a
+plain manifest (``image,label,mask,split[,organ]``) of float32 ``.npy`` HU slices, like a user's data; the
+lesion-free slices go to ``clean/`` (never in the manifest) for the oracle diagnosis.
+
+Every member is then trained and scored with the CLI and its defaults (quick profile, CPU, fixed budgets)::
+
+    coinseg train-classifier M/data/manifest.csv --out M/clf --device cpu --max-minutes B1
+    coinseg train M/data/manifest.csv --classifier M/clf --out M/gan --device cpu --max-minutes B2
+    coinseg evaluate M/gan M/data/manifest.csv --out M/eval [--threshold auto] --device cpu
+
+and diagnosed against the oracle counterfactual (the clean slice), through the same pipeline (the run's window,
+the network size, bilinear back): the oracle's pooled IoU at the default threshold and at its best threshold,
+COIN's IoU at its best threshold, the fraction of the lesion's change that COIN's edit reproduces inside the
+lesion (completeness) and the fraction of COIN's change that lies inside the lesion (location).
+
+    PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
+
+Finished steps are skipped on a rerun (delete a member's folder to redo it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+CT_SUBJECT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "totalsegmentator-mini" / "s0001"
+CT_SPACING_MM = 1.5  # the real CT (3 mm) is resampled to this in-plane spacing
+PHANTOM_FOV_MM = 400.0  # the phantom's field of view across its width: spacing = 400 mm / width
+ABNORMAL_FRACTION = 0.6
+NOISE_HU = (5.0, 10.0)  # fresh noise added to each copy of a real CT slice, so that copies differ
+
+
+@dataclass(frozen=True)
+class Member:
+    """One data family. ``size``: (height, width) px (phantom; the real CT is 202 x 244 at 1.5 mm).
+    ``polarity``: bright, dark or both (each lesion drawn); ``contrast``: |lesion - tissue| range in HU;
+    ``diameter``: mm; ``shape``: blob, irregular or lobulated; ``count``: lesions per abnormal slice (normal
+    slices have 0); ``organ``: the manifest has an organ column (kidney masks)."""
+
+    name: str
+    anatomy: str
+    size: tuple[int, int]
+    polarity: str
+    contrast: tuple[float, float]
+    diameter: tuple[float, float]
+    shape: str
+    count: tuple[int, int]
+    organ: bool
+
+
+MEMBERS = [
+    Member("phantom-bright", "phantom", (128, 128), "bright", (100, 200), (10, 25), "blob", (1, 1), True),
+    Member("phantom-dark-subtle", "phantom", (128, 128), "dark", (30, 60), (8, 20), "irregular", (1, 2), False),
+    Member("phantom-small-multi", "phantom", (256, 256), "both", (60, 120), (3, 10), "blob", (1, 3), True),
+    Member("phantom-wide-lobulated", "phantom", (384, 512), "both", (40, 100), (10, 25), "lobulated", (1, 2), False),
+    Member("ct-kidney", "ct", (202, 244), "both", (40, 90), (8, 20), "irregular", (1, 2), True),
+    Member("ct-kidney-dark-noorgan", "ct", (202, 244), "dark", (30, 60), (6, 15), "lobulated", (1, 3), False),
+]
+BY_NAME = {m.name: m for m in MEMBERS}
+
+
+# ---------------------------------------------------------------------------------------------------- lesions
+
+
+def lesion_shape(
+    shape: str, radius: float, rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Bool mask of one lesion on ``grid`` = (dy, dx) pixel offsets from its centre; ``radius`` in px.
+
+    blob: an ellipse (axis ratio 0.7-1); irregular: a radius modulated by random harmonics 2-5 of the angle;
+    lobulated: the union of 3-5 circles of 0.45-0.65 r around points 0.45 r from the centre.
+    """
+    dy, dx = grid
+    angle = rng.uniform(0, np.pi)
+    u = np.cos(angle) * dx + np.sin(angle) * dy
+    v = -np.sin(angle) * dx + np.cos(angle) * dy
+    if shape == "blob":
+        ratio = rng.uniform(0.7, 1.0)
+        return (u / radius) ** 2 + (v / (radius * ratio)) ** 2 <= 1.0
+    if shape == "irregular":
+        theta = np.arctan2(v, u)
+        edge = np.ones_like(theta)
+        for k in range(2, 6):
+            edge += rng.uniform(0.0, 0.22) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        return np.hypot(u, v) <= radius * edge
+    if shape == "lobulated":
+        mask = np.hypot(u, v) <= 0.55 * radius
+        for phi in rng.uniform(0, 2 * np.pi, size=rng.integers(3, 6)):
+            cu, cv = 0.45 * radius * np.cos(phi), 0.45 * radius * np.sin(phi)
+            mask |= np.hypot(u - cu, v - cv) <= rng.uniform(0.45, 0.65) * radius
+        return mask
+    raise ValueError(f"shape: unknown {shape!r}")
+
+
+def inject(
+    hu: np.ndarray, organ: np.ndarray, member: Member, spacing: float, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add ``n`` soft-edged lesions inside ``organ`` to ``hu`` (H x W HU). Returns (new HU, bool lesion mask).
+
+    Each lesion: a shape of diameter ``member.diameter`` mm at a random organ pixel, blurred by 1 mm (soft
+    edge), times a contrast in ``member.contrast`` HU with the member's polarity, confined to the organ. The
+    ground truth is where the lesion reaches half its contrast. A lesion that leaves no mask pixel is redrawn.
+    """
+    out = hu.copy()
+    mask = np.zeros(hu.shape, bool)
+    inside = np.argwhere(organ)
+    soft_organ = ndimage.gaussian_filter(organ.astype(np.float32), 0.7)
+    placed = 0
+    for _ in range(50 * n):
+        if placed == n:
+            break
+        radius = rng.uniform(*member.diameter) / 2 / spacing
+        cy, cx = inside[rng.integers(len(inside))]
+        reach = int(np.ceil(2 * radius + 3))
+        y0, y1 = max(cy - reach, 0), min(cy + reach + 1, hu.shape[0])
+        x0, x1 = max(cx - reach, 0), min(cx + reach + 1, hu.shape[1])
+        grid = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        body = lesion_shape(member.shape, max(radius, 0.5), rng, (grid[0] - cy, grid[1] - cx))
+        profile = ndimage.gaussian_filter(body.astype(np.float32), max(1.0 / spacing, 0.3))
+        profile *= soft_organ[y0:y1, x0:x1]
+        truth = (profile >= 0.5) & organ[y0:y1, x0:x1]
+        if not truth.any():
+            continue
+        sign = {"bright": 1.0, "dark": -1.0}.get(member.polarity) or float(rng.choice([-1.0, 1.0]))
+        out[y0:y1, x0:x1] += np.float32(sign * rng.uniform(*member.contrast)) * profile
+        mask[y0:y1, x0:x1] |= truth
+        placed += 1
+    return out, mask
+
+
+# ------------------------------------------------------------------------------------------------- anatomies
+
+
+def phantom_slices(member: Member, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, str, float]]:
+    """``n`` phantom slices (HU, kidney mask, split, spacing mm): drawn at the member's width and cropped to its
+    height (rows from 12 % of the width, which keeps the body and kidneys); splits 70/15/15 at random."""
+    from coinseg.data.phantom import make_phantom
+
+    height, width = member.size
+    top = 0 if height == width else round(0.12 * width)
+    rng = np.random.default_rng(seed)
+    splits = rng.choice(["train", "val", "test"], size=n, p=[0.7, 0.15, 0.15])
+    out = []
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        p = make_phantom(width, np.random.default_rng(child))
+        rows = slice(top, top + height)
+        out.append((p.hu[rows], p.kidney[rows], str(splits[i]), PHANTOM_FOV_MM / width))
+    return out
+
+
+def ct_slices(member: Member, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, str, float]]:
+    """``n`` slices of the real CT: its axial slices with at least 50 kidney pixels (at 3 mm), resampled to
+    1.5 mm and shown radiologically (rows anterior to posterior, the patient's right on the image's left),
+    each copy with fresh noise. Split by axial position (z mod 7: 3 val, 6 test) so test anatomy is unseen."""
+    import nibabel as nib
+
+    def volume(path: Path) -> np.ndarray:
+        image: Any = nib.load(path)
+        return np.asarray(image.dataobj, dtype=np.float32)
+
+    ct = volume(CT_SUBJECT / "ct.nii.gz")
+    kidney = np.logical_or(
+        *(volume(CT_SUBJECT / "segmentations" / f"kidney_{s}.nii.gz") > 0 for s in ("left", "right"))
+    )
+    zoom = 3.0 / CT_SPACING_MM
+    bases = []
+    for z in range(ct.shape[2]):
+        if kidney[:, :, z].sum() < 50:
+            continue
+        image = ndimage.zoom(ct[::-1, ::-1, z].T, zoom, order=1)
+        organ = ndimage.zoom(kidney[::-1, ::-1, z].T.astype(np.uint8), zoom, order=0) > 0
+        split = {3: "val", 6: "test"}.get(z % 7, "train")
+        bases.append((image, organ, split))
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        image, organ, split = bases[i % len(bases)]
+        noisy = image + rng.normal(0.0, rng.uniform(*NOISE_HU), image.shape).astype(np.float32)
+        out.append((noisy, organ, split, CT_SPACING_MM))
+    return out
+
+
+ANATOMIES = {"phantom": phantom_slices, "ct": ct_slices}
+
+
+def write_member(member: Member, folder: Path, n: int, seed: int) -> Path:
+    """Write the member's manifest, images, masks (and organs when ``member.organ``) and the lesion-free
+    ``clean/`` slices into ``folder`` (built as ``folder.tmp``, renamed at the end). Returns the manifest."""
+    if (folder / "manifest.csv").exists():
+        return folder / "manifest.csv"
+    tmp = folder.with_name(folder.name + ".tmp")
+    for sub in ("images", "masks", "organs", "clean"):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed + 1)
+    rows = []
+    for i, (hu, organ, split, spacing) in enumerate(ANATOMIES[member.anatomy](member, n, seed)):
+        name = f"s{i:05d}.npy"
+        label = int(rng.random() < ABNORMAL_FRACTION and organ.any())
+        count = int(rng.integers(member.count[0], member.count[1] + 1)) if label else 0
+        image, mask = inject(hu, organ, member, spacing, count, rng) if count else (hu, np.zeros(hu.shape, bool))
+        label = int(mask.any())
+        np.save(tmp / "images" / name, image.astype(np.float32))
+        np.save(tmp / "masks" / name, mask.astype(np.uint8))
+        np.save(tmp / "clean" / name, hu.astype(np.float32))
+        row = {"image": f"images/{name}", "label": label, "mask": f"masks/{name}", "split": split}
+        if member.organ:
+            np.save(tmp / "organs" / name, organ.astype(np.uint8))
+            row["organ"] = f"organs/{name}"
+        rows.append(row)
+    with (tmp / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp / "member.json").write_text(json.dumps({**member.__dict__, "n_slices": n, "seed": seed}, indent=2))
+    tmp.rename(folder)
+    return folder / "manifest.csv"
+
+
+# --------------------------------------------------------------------------------------------------- running
+
+
+def coinseg(args: list[str], log: Path, nice: int, threads: int | None) -> float:
+    """Run ``coinseg ARGS`` (this interpreter, current PYTHONPATH) under ``nice`` with ``threads`` OpenMP
+    threads (None: torch's default); return wall seconds."""
+    command = ["nice", "-n", str(nice), sys.executable, "-c", "from coinseg.cli import app; app()", *args]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+    tic = time.perf_counter()
+    with log.open("a") as handle:
+        handle.write("$ coinseg " + " ".join(args) + "\n")
+        handle.flush()
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"coinseg {args[0]} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - tic
+
+
+def run_member(member: Member, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Generate, train, evaluate and diagnose one member; results cached in ``root/result.json``."""
+    result_file = root / "result.json"
+    if result_file.exists():
+        return dict(json.loads(result_file.read_text()))
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "log.txt"
+    tic = time.perf_counter()
+    manifest = write_member(member, root / "data", args.n_slices, args.seed)
+    seconds = {"data": time.perf_counter() - tic}
+    cpu = ["--device", "cpu"]
+    if not (root / "clf" / "test_metrics.json").exists():
+        clf_args = ["train-classifier", str(manifest), "--out", str(root / "clf"), *cpu]
+        if args.clf_steps is not None:  # the quick profile with only the number of steps changed
+            from coinseg.config import profile_settings, save_settings
+
+            settings = profile_settings("quick")
+            settings.classifier.max_steps = args.clf_steps
+            save_settings(settings, root / "classifier.yaml")
+            clf_args += ["--config", str(root / "classifier.yaml")]
+        clf_args += ["--max-minutes", str(args.clf_minutes)]
+        seconds["classifier"] = coinseg(clf_args, log, args.nice, args.threads)
+    if not (root / "gan" / "checkpoints" / "best.pt").exists():
+        gan_args = ["train", str(manifest), "--classifier", str(root / "clf"), "--out", str(root / "gan"), *cpu]
+        gan_args += ["--max-steps", str(args.gan_steps)] if args.gan_steps is not None else []
+        seconds["gan"] = coinseg([*gan_args, "--max-minutes", str(args.gan_minutes)], log, args.nice, args.threads)
+    metrics = {}
+    for tag, extra in (("default", []), ("auto", ["--threshold", "auto"])):
+        out = root / f"eval-{tag}"
+        if not (out / "metrics.json").exists():
+            seconds[f"eval-{tag}"] = coinseg(
+                ["evaluate", str(root / "gan"), str(manifest), "--out", str(out), *cpu, *extra],
+                log,
+                args.nice,
+                args.threads,
+            )
+        metrics[tag] = json.loads((out / "metrics.json").read_text())
+    result = {
+        "member": member.name,
+        "classifier_auroc": metrics["default"]["classifier"]["auroc"],
+        "default": metrics["default"]["methods"]["coin"],
+        "auto": metrics["auto"]["methods"]["coin"],
+        "n_abnormal": metrics["default"]["n_abnormal"],
+        "n_normal": metrics["default"]["n_normal"],
+        "seconds": seconds,
+        "steps": {k: json.loads((root / k / "run.json").read_text())["steps"] for k in ("clf", "gan")},
+        "diagnosis": diagnose(root, manifest),
+    }
+    result_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+THRESHOLDS = np.round(np.arange(0.02, 0.5, 0.01), 3)
+
+
+def pooled_iou(maps: list[np.ndarray], gts: list[np.ndarray], cut: float) -> float:
+    tp = fp = fn = 0
+    for m, g in zip(maps, gts, strict=True):
+        pred = m > cut
+        tp += int((pred & g).sum())
+        fp += int((pred & ~g).sum())
+        fn += int((~pred & g).sum())
+    return tp / max(tp + fp + fn, 1)
+
+
+def organ_box(organs: list[np.ndarray], margin: float = 0.1) -> tuple[slice, slice]:
+    """Rows and columns of the union bounding box of ``organs`` (same-shape bool masks), widened by ``margin``
+    of its side on each side and clipped to the image: the field of view an organ-centred crop would use."""
+    union = np.logical_or.reduce(organs)
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+
+    def span(index: np.ndarray, length: int) -> slice:
+        pad = round(margin * (index[-1] + 1 - index[0]))
+        return slice(max(int(index[0]) - pad, 0), min(int(index[-1]) + 1 + pad, length))
+
+    return span(rows, union.shape[0]), span(cols, union.shape[1])
+
+
+def cropped_oracle(
+    x: list[np.ndarray], clean: list[np.ndarray], size: int, box: tuple[slice, slice]
+) -> list[np.ndarray]:
+    """|x - clean| / 2 (normalised H x W slices) through a crop to ``box``, resized to ``size`` px and back
+    (bilinear), pasted into a zero map of the full size: the oracle of an organ-centred network input."""
+    import torch
+    import torch.nn.functional as F
+
+    from coinseg.data.slices import resize
+
+    maps = []
+    for a, b in zip(x, clean, strict=True):
+        crop = [resize(torch.from_numpy(np.ascontiguousarray(v[box]))[None, None], (size, size)) for v in (a, b)]
+        diff = F.interpolate((crop[0] - crop[1]).abs() / 2, size=a[box].shape, mode="bilinear", align_corners=False)
+        full = np.zeros(a.shape, np.float32)
+        full[box] = diff[0, 0].numpy()
+        maps.append(full)
+    return maps
+
+
+def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
+    """What limits the member, on its abnormal test slices: the oracle counterfactual (the clean slice through
+    the run's window, network size and back) vs COIN's maps, IoU at 0.25 and at the best threshold, the edit's
+    completeness and location."""
+    import torch
+
+    from coinseg.data.manifest import read_manifest
+    from coinseg.data.normalise import normalise
+    from coinseg.data.slices import load_mask, read_entry
+    from coinseg.evaluation.metrics import difference_map
+    from coinseg.inference import load_model, to_original_size
+
+    model = load_model(root / "gan", "cpu")
+    every = read_manifest(manifest)
+    entries = [e for e in every if e.split == "test" and e.label == 1]
+    arrays = [read_entry(e) for e in entries]
+    cleans = [np.load(root / "data" / "clean" / e.image.name) for e in entries]
+    gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
+    shapes = [a.shape for a in arrays]
+    x, x_clean = model.inputs(arrays), model.inputs(cleans)
+    with torch.no_grad():
+        x_cf = torch.cat([model.maps.counterfactual(x[i : i + 64]) for i in range(0, len(x), 64)])
+    oracle = to_original_size(difference_map(x, x_clean), shapes)
+    native = [
+        np.abs(normalise(a, model.window) - normalise(c, model.window)) / 2 for a, c in zip(arrays, cleans, strict=True)
+    ]
+    coin = to_original_size(difference_map(x, x_cf), shapes)
+    candidates = [("oracle", oracle), ("oracle_native", native), ("coin", coin)]
+    train_organs = [read_entry(e, e.organ) > 0 for e in every if e.split == "train" and e.organ is not None]
+    if train_organs and len({o.shape for o in train_organs + gts}) == 1:
+        normed = [(normalise(a, model.window), normalise(c, model.window)) for a, c in zip(arrays, cleans, strict=True)]
+        box = organ_box(train_organs)
+        candidates.append(
+            ("oracle_crop", cropped_oracle([a for a, _ in normed], [c for _, c in normed], model.size, box))
+        )
+    out: dict[str, Any] = {}
+    for name, maps in candidates:
+        ious = [pooled_iou(maps, gts, t) for t in THRESHOLDS]
+        best = int(np.argmax(ious))
+        out[name] = {"iou_025": pooled_iou(maps, gts, 0.25), "iou_best": ious[best], "best_threshold": THRESHOLDS[best]}
+    inside = np.concatenate([(c - 0.0)[g] for c, g in zip(coin, gts, strict=True)])
+    oracle_inside = np.concatenate([o[g] for o, g in zip(oracle, gts, strict=True)])
+    total = sum(float(c.sum()) for c in coin)
+    out["completeness"] = float(inside.sum() / max(oracle_inside.sum(), 1e-9))
+    out["location"] = float(inside.sum() / max(total, 1e-9))
+    out["lesion_contrast_in_map"] = float(np.median(oracle_inside))
+    out["window"] = list(model.window) if model.window else None
+    with torch.no_grad():  # f on half-inpainted lesions: does f still call a half-removed lesion abnormal?
+        half = torch.cat(
+            [model.classifier(v[i : i + 64]) for v in [x - 0.5 * (x - x_clean)] for i in range(0, len(x), 64)]
+        )
+    out["half_removed_called_normal"] = float((half.reshape(-1) < 0).float().mean())
+    return out
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown tables: scores at the default and auto thresholds, then the diagnosis."""
+    lines = [
+        "| member | clf AUROC | pooled IoU (0.25) | IoU auto (thr) | mean Dice | pixel AP | CV | normal FP (0.25 / auto) | steps clf / gan | s (data / clf / gan / eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        d, a, s = r["default"], r["auto"], r["seconds"]
+        steps = r.get("steps", {})
+        secs = (
+            f"{steps.get('clf', '?')} / {steps.get('gan', '?')} | "
+            + " / ".join(f"{s.get(k, 0):.0f}" for k in ("data", "classifier", "gan"))
+            + f" / {s.get('eval-default', 0) + s.get('eval-auto', 0):.0f}"
+        )
+        lines.append(
+            f"| {r['member']} | {fmt(r['classifier_auroc'])} | {fmt(d['pooled_iou'])} | {fmt(a['pooled_iou'])} "
+            f"({fmt(a['threshold'])}) | {fmt(d['mean_dice'])} | {fmt(d['pixel_ap'])} | {fmt(d['cv'])} "
+            f"| {fmt(d['normal_fp_rate'])} / {fmt(a['normal_fp_rate'])} | {secs} |"
+        )
+    lines += [
+        "",
+        "| member | window (HU) | median lesion change in map | oracle IoU 0.25 / best (thr) | oracle native-res IoU 0.25 / best | oracle organ-box crop IoU 0.25 / best | COIN IoU best (thr) | completeness | location | half-removed called normal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        g = r["diagnosis"]
+        o, c = g["oracle"], g["coin"]
+        window = "grey" if g["window"] is None else f"[{g['window'][0]:.0f}, {g['window'][1]:.0f}]"
+        lines.append(
+            f"| {r['member']} | {window} | {g['lesion_contrast_in_map']:.3f} | {o['iou_025']:.3f} / {o['iou_best']:.3f} ({o['best_threshold']:.2f}) "
+            f"| {g['oracle_native']['iou_025']:.3f} / {g['oracle_native']['iou_best']:.3f} "
+            f"| {fmt(g.get('oracle_crop', {}).get('iou_025'))} / {fmt(g.get('oracle_crop', {}).get('iou_best'))} "
+            f"| {c['iou_best']:.3f} ({c['best_threshold']:.2f}) | {g['completeness']:.2f} | {g['location']:.2f} "
+            f"| {fmt(g.get('half_removed_called_normal'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", default=",".join(m.name for m in MEMBERS), help="comma-separated member names")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/coinseg-generalization"), help="scratch folder")
+    parser.add_argument("--n-slices", type=int, default=1500, help="slices per member")
+    parser.add_argument("--clf-minutes", type=float, default=3.0, help="classifier budget per member")
+    parser.add_argument("--gan-minutes", type=float, default=5.0, help="GAN budget per member")
+    parser.add_argument("--clf-steps", type=int, default=None, help="classifier steps (default: the profile's)")
+    parser.add_argument("--gan-steps", type=int, default=None, help="GAN steps (default: the profile's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nice", type=int, default=10)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OpenMP threads per run; 1 was 3x faster than torch's default on the shared 2-core machine",
+    )
+    parser.add_argument("--generate-only", action="store_true", help="write the members' data and stop")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.members.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        parser.error(f"--members: unknown {unknown[0]!r}; choose from {', '.join(BY_NAME)}")
+    results = []
+    for name in names:
+        root = args.work / name
+        if args.generate_only:
+            print(write_member(BY_NAME[name], root / "data", args.n_slices, args.seed))
+            continue
+        print(f"== {name}", flush=True)
+        results.append(run_member(BY_NAME[name], root, args))
+        print(table(results[-1:]), flush=True)
+    if results:
+        text = table(results)
+        (args.work / "table.md").write_text(text + "\n")
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
