@@ -130,3 +130,17 @@ def test_dicom_series_gives_a_nifti_and_a_dicom_seg_on_the_same_voxels(
         source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         z = positions.index(float(pydicom.dcmread(sources[source]).ImagePositionPatient[2]))
         assert np.array_equal(frame.astype(bool), mask[:, :, z].T)
+
+
+def test_an_unfinished_run_is_named_when_used(coin_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from coinseg.predictor import load_predictor
+
+    unfinished = tmp_path / "run"
+    shutil.copytree(coin_run, unfinished)
+    (unfinished / "run.json").unlink()
+    load_predictor(unfinished, "cpu")
+    assert "training did not finish" in capsys.readouterr().err
+    load_predictor(coin_run, "cpu")
+    assert "did not finish" not in capsys.readouterr().err

@@ -22,6 +22,7 @@ from coinseg.data.slices import resize
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation.metrics import difference_map
 from coinseg.method import load_classifier, load_inpainter, probs
+from coinseg.runtime.console import console
 from coinseg.runtime.device import resolve_device
 
 
@@ -87,6 +88,12 @@ def load_predictor(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto
     """Load the best E+G and the frozen classifier of a ``coinseg train`` run directory onto ``device``."""
     target = resolve_device(device)
     inpainter, settings, ckpt = load_inpainter(run_dir)
+    if not (run_dir / "run.json").is_file():
+        console.print(
+            f"warning: {run_dir} has no run.json: its training did not finish (killed or still running); "
+            f"using best.pt from step {ckpt.get('step')}",
+            highlight=False,
+        )
     classifier, _ = load_classifier(run_dir, run_dir / "checkpoints" / "classifier.pt")
     classifier = classifier.to(target)
     maps = CounterfactualMaps(ckpt["method"], inpainter.to(target), settings.gan, classifier)
