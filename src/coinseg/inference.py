@@ -22,13 +22,13 @@ from coinseg.data.manifest import ManifestError, read_manifest
 from coinseg.data.slices import read_entry
 from coinseg.errors import UsageError
 from coinseg.evaluation.metrics import postprocess as clean_mask
-from coinseg.io.files import atomic_dir, spreadsheet_safe
+from coinseg.io.files import atomic_dir, check_empty_target, spreadsheet_safe
 from coinseg.io.images import (
     SLICE_SUFFIXES,
     Image,
     ImageReadError,
     intensity_for,
-    read_image,
+    read_standalone,
     suffix_of,
     write_nifti_mask,
     write_png_mask,
@@ -74,12 +74,12 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
         if files and all(suffix_of(p) == ".dcm" for p in files):
-            return [Job(_safe(source.name), str(source), read_image(source))]
+            return [Job(_safe(source.name), str(source), read_standalone(source))]
         images = [p for p in files if suffix_of(p) in SLICE_SUFFIXES and suffix_of(p) != ".dcm"]
         if not images:
             raise ImageReadError(f"{source}: no images (.npy .png .tif .nii .nii.gz .dcm) in the folder")
-        return [Job(_safe(_strip_suffix(p.name)), str(p), read_image(p)) for p in images]
-    return [Job(_safe(_strip_suffix(source.name)), str(source), read_image(source))]
+        return [Job(_safe(_strip_suffix(p.name)), str(p), read_standalone(p)) for p in images]
+    return [Job(_safe(_strip_suffix(source.name)), str(source), read_standalone(source))]
 
 
 def segment(
@@ -97,6 +97,7 @@ def segment(
     parsed = parse_threshold(threshold)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
+    check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device)
     cut = model.threshold(parsed)
     jobs = collect_jobs(source, split)
@@ -105,9 +106,14 @@ def segment(
             raise ImageReadError(
                 f"{job.source}: {job.image.intensity} intensities but the model was trained on {model.intensity}"
             )
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        raise UsageError(f"{source}: two inputs map to the same mask name; rename the files")
+    first: dict[str, Job] = {}
+    for job in jobs:
+        if job.name in first:
+            raise UsageError(
+                f"{source}: {first[job.name].source} and {job.source} both map to the mask name {job.name!r} "
+                "(a duplicate row, or names that differ only in characters a file name cannot hold)"
+            )
+        first[job.name] = job
     rows = []
     total = sum(j.image.array.shape[0] if j.image.is_volume else 1 for j in jobs)
     with atomic_dir(out_dir, "segment") as tmp, progress_bar("segment", total) as (progress, task):
