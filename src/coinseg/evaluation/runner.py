@@ -36,7 +36,7 @@ from coinseg.evaluation.metrics import (
     flip_rate,
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
-from coinseg.io.files import atomic_dir
+from coinseg.io.files import atomic_dir, check_empty_target
 from coinseg.io.images import intensity_for
 from coinseg.predictor import Predictor, load_predictor, parse_threshold, to_original_size
 from coinseg.registry import METHODS
@@ -128,6 +128,7 @@ def evaluate(
     """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
     ``threshold`` (counterfactual maps): a number in [0, 1) or ``"auto"``, each run's calibrated noise floor."""
     parsed = parse_threshold(threshold)
+    check_empty_target(out_dir)  # before any work; again at the end
     model = load_predictor(run_dir, device)
     models: dict[str, Predictor] = {model.maps.name: model}
     if "singla" in methods and "singla" not in models:

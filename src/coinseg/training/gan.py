@@ -259,6 +259,8 @@ def train_gan(
     run = RunDir(out, settings, resume, "gan-run", (manifest, classifier_run), frozenset({"gan.max_steps"}))
     if not resume:
         shutil.copyfile(source, kept)
+    for note in data.notes:
+        run.log(note)
     run.log(
         f"{cfg.method.value} GAN: {len(data.train)} train / {len(data.val)} val slices at {settings.data.size}px, "
         f"window {data.window}, device {fabric.device}, G every {cfg.gen_every} step(s)"
