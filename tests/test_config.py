@@ -80,7 +80,10 @@ def test_singla_is_a_setting_of_the_same_gan() -> None:
         ({"gan": {"skips": [1, 1]}}, "gan.skips: [1, 1] lists a skip twice"),
         ({"data": {"size": 10}}, "data.size: 10 must be a multiple of 16 and at least 16 (gan.enc_widths has 4"),
         ({"data": {"size": 72}}, "data.size: 72 must be a multiple of 16"),
-        ({"data": {"size": 32}, "classifier": {"widths": [4] * 6}}, "data.size: 32 must be a multiple of 16 and at least 64 (the small"),
+        (
+            {"data": {"size": 32}, "classifier": {"widths": [4] * 6}},
+            "data.size: 32 must be a multiple of 16 and at least 64 (the small",
+        ),
         ({"data": {"window": [300, 100]}}, "data.window: [300.0, 100.0] must be [lo, hi] with lo < hi"),
         ({"data": {"window": [100]}}, "data.window: [100.0] must be a list of 2 numbers"),
         ({"data": {"percentiles": [99, 1]}}, "data.percentiles: [99.0, 1.0] must be [a, b] with 0 <= a < b <= 100"),
