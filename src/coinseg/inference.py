@@ -24,6 +24,7 @@ from coinseg.errors import UsageError
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.io.files import atomic_dir, check_empty_target, spreadsheet_safe
 from coinseg.io.images import (
+    KIND_NAMES,
     SLICE_SUFFIXES,
     Image,
     ImageReadError,
@@ -104,7 +105,8 @@ def segment(
     for job in jobs:
         if job.image.intensity != model.intensity:
             raise ImageReadError(
-                f"{job.source}: {job.image.intensity} intensities but the model was trained on {model.intensity}"
+                f"{job.source}: {KIND_NAMES[job.image.intensity]} but the model was trained on "
+                f"{KIND_NAMES[model.intensity]}"
             )
     first: dict[str, Job] = {}
     for job in jobs:

@@ -37,7 +37,7 @@ from coinseg.evaluation.metrics import (
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.io.files import atomic_dir, check_empty_target
-from coinseg.io.images import intensity_for
+from coinseg.io.images import KIND_NAMES, intensity_for
 from coinseg.predictor import Predictor, load_predictor, parse_threshold, to_original_size
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
@@ -146,7 +146,8 @@ def evaluate(
     kinds = {intensity_for(e.image) for e in entries}
     if kinds != {model.intensity}:
         raise RunError(
-            f"{manifest}: images are {'/'.join(sorted(kinds))} but the model was trained on {model.intensity}"
+            f"{manifest}: {' and '.join(KIND_NAMES[k] for k in sorted(kinds))} but the model was trained on "
+            f"{KIND_NAMES[model.intensity]}"
         )
     arrays = [read_entry(e) for e in entries]
     shapes = [a.shape for a in arrays]

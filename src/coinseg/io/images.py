@@ -29,6 +29,8 @@ Intensity = Literal["hu", "unit"]
 
 SLICE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 GREY_SUFFIXES = (".png", ".tif", ".tiff")  # already-windowed grey values; every other input is HU
+# How to name an intensity kind to a user.
+KIND_NAMES = {"hu": "HU images (.npy, NIfTI, DICOM)", "unit": "grey-value images (PNG, TIFF)"}
 
 
 class ImageReadError(CoinsegError):
