@@ -139,7 +139,7 @@ def build(probe: Path) -> None:
     big = probe / "fx" / "bigdir"
     big.mkdir()
     for k in range(20):
-        (big / f"big{k:02d}.npy").symlink_to(img / "big.npy")
+        (big / f"big{k:02d}.npy").symlink_to((img / "big.npy").resolve())
     unicode_dir = probe / "fx" / "sp ace" / "ünï cødé"
     unicode_dir.mkdir(parents=True)
     shutil.copy(data / "images" / "slice_00000.npy", unicode_dir / "slice 0 ü.npy")

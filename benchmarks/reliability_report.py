@@ -1,6 +1,6 @@
 """Draft ``RELIABILITY.md`` tables from ``reliability.py``'s results and the catalogue's old verdicts.
 
-    python benchmarks/reliability_report.py CATALOGUE.md PROBE/results.jsonl [PROBE/results-*.jsonl ...]
+    python benchmarks/reliability_report.py CATALOGUE.md [NOTES.json] PROBE/results.jsonl [more .jsonl ...]
 
 Prints one table per catalogue section (same columns, plus the old verdict) to stdout. ``verdict`` is
 ``good`` when the outcome is the one the case asks for (``reliability.py``'s ``expected``), else ``CHECK``: a
@@ -37,11 +37,14 @@ def cell(text: str) -> str:
 def main() -> None:
     catalogue = Path(sys.argv[1])
     results: dict[str, dict] = {}
-    for path in sys.argv[2:]:
+    for path in [p for p in sys.argv[2:] if not p.endswith(".json")]:
         for line in Path(path).read_text().splitlines():
             row = json.loads(line)
             results[row["id"]] = row
     old, sections = old_rows(catalogue)
+    notes: dict[str, list[str]] = {}
+    if Path(sys.argv[2]).suffix == ".json":  # {id: [verdict, note]}: a person's reading of the rows
+        notes = json.loads(Path(sys.argv[2]).read_text())
     extra = [k for k in results if k not in old]
     for title, ids in [*sections, ("Added cases", extra)]:
         print(f"\n### {title}\n")
@@ -53,14 +56,18 @@ def main() -> None:
             row = results.get(id_)
             was = old.get(id_, ("", "new"))[1]
             if row is None:
-                print(f"| {id_} | (not run) |  |  |  | **not run** | {was} |  |")
+                verdict, note = notes.get(id_, ["not run", ""])
+                print(f"| {id_} | (not run) |  |  |  | **{verdict}** | {was} | {note} |")
                 continue
-            written = "out created" if row.get("out_exists") else "nothing written" if row["exit"] != "0" else ""
+            ran = "seconds" in row  # a case row (the fault rows describe their own outcome)
+            written = (
+                "out created" if row.get("out_exists") else "nothing written" if ran and row["exit"] != "0" else ""
+            )
             check = row.get("check", "")
-            verdict = "good" if row["expected"] else "CHECK"
+            verdict, note = notes.get(id_, ["good" if row["expected"] else "CHECK", ""])
             print(
                 f"| {id_} | `{cell(row['cmd'])}` | {row['exit']} | {cell(row['first'])} | "
-                f"{cell('; '.join(x for x in (written, check) if x))} | **{verdict}** | {was} |  |"
+                f"{cell('; '.join(x for x in (written, check) if x))} | **{verdict}** | {was} | {note} |"
             )
 
 
