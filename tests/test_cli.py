@@ -287,3 +287,35 @@ def test_predictions_csv_neutralises_formula_cells(coin_run: Path, tmp_path: Pat
     assert code == 0, output
     rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
     assert rows[0]["image"] == "'=HYPERLINK(1).npy"
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (OSError(28, "No space left on device", "d/x.npy"), "error: d/x.npy: no space left on the device\n"),
+        (OSError(13, "Permission denied", "d"), "error: d: Permission denied\n"),
+        (MemoryError(), "error: not enough memory (MemoryError); try a smaller --size or --n-slices\n"),
+    ],
+)
+def test_disk_and_memory_failures_are_one_line(
+    error: BaseException, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coinseg.data.synth
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(coinseg.data.synth, "synthesize", fail)
+    code, output = invoke("synth", tmp_path / "d", "--n-slices", "20", "--size", "64")
+    assert code == 2 and output.endswith(message) and "Traceback" not in output
+
+
+def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import coinseg.data.synth
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error", "d")
+
+    monkeypatch.setattr(coinseg.data.synth, "synthesize", fail)
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--n-slices", "20", "--size", "64"])
+    assert result.exit_code == 1 and isinstance(result.exception, OSError)

@@ -75,7 +75,6 @@ def user_errors(func: F) -> F:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from coinseg.errors import CoinsegError
-        from coinseg.io.files import filesystem_error
 
         try:
             return func(*args, **kwargs)
@@ -84,9 +83,12 @@ def user_errors(func: F) -> F:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
-            message = str(filesystem_error(Path(exc.filename or "?"), exc))
+            reason = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+            message = f"{exc.filename}: {reason}" if exc.filename else f"{reason} ({exc})"
         except MemoryError as exc:
-            message = f"not enough memory ({exc or 'MemoryError'}); try a smaller {MEMORY_HINT[func.__name__]}"
+            message = (
+                f"not enough memory ({str(exc) or type(exc).__name__}); try a smaller {MEMORY_HINT[func.__name__]}"
+            )
         typer.echo("error: " + " ".join(message.splitlines()), err=True)
         raise typer.Exit(2) from None
 
