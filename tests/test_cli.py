@@ -319,3 +319,10 @@ def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(coinseg.data.synth, "synthesize", fail)
     result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--n-slices", "20", "--size", "64"])
     assert result.exit_code == 1 and isinstance(result.exception, OSError)
+
+
+def test_out_naming_a_file_is_refused_before_the_data_are_read(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("keep")
+    code, output = invoke("train-classifier", tmp_path / "missing.csv", "--out", tmp_path / "f")
+    assert code == 2 and output == f"error: {tmp_path / 'f'}: is a file; --out must name a folder\n"
+    assert (tmp_path / "f").read_text() == "keep"
