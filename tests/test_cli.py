@@ -295,6 +295,11 @@ def test_predictions_csv_neutralises_formula_cells(coin_run: Path, tmp_path: Pat
         (OSError(28, "No space left on device", "d/x.npy"), "error: d/x.npy: no space left on the device\n"),
         (OSError(13, "Permission denied", "d"), "error: d: Permission denied\n"),
         (MemoryError(), "error: not enough memory (MemoryError); try a smaller --size or --n-slices\n"),
+        (
+            RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes."),
+            "error: not enough memory (DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes.); try a "
+            "smaller --size or --n-slices\n",
+        ),
     ],
 )
 def test_disk_and_memory_failures_are_one_line(
@@ -310,15 +315,18 @@ def test_disk_and_memory_failures_are_one_line(
     assert code == 2 and output.endswith(message) and "Traceback" not in output
 
 
-def test_other_os_errors_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error", "d"), RuntimeError("a bug")])
+def test_other_errors_keep_their_traceback(
+    error: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import coinseg.data.synth
 
     def fail(*args: object, **kwargs: object) -> None:
-        raise OSError(5, "Input/output error", "d")
+        raise error
 
     monkeypatch.setattr(coinseg.data.synth, "synthesize", fail)
     result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--n-slices", "20", "--size", "64"])
-    assert result.exit_code == 1 and isinstance(result.exception, OSError)
+    assert result.exit_code == 1 and result.exception is error
 
 
 def test_out_naming_a_file_is_refused_before_the_data_are_read(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def test_singla_is_a_setting_of_the_same_gan() -> None:
         ({"gan": {"skips": [1, 1]}}, "gan.skips: [1, 1] lists a skip twice"),
         ({"data": {"size": 10}}, "data.size: 10 must be a multiple of 16 and at least 16 (gan.enc_widths has 4"),
         ({"data": {"size": 72}}, "data.size: 72 must be a multiple of 16"),
+        ({"data": {"size": 65536}}, "data.size: 65536 must be at most 1024"),
         (
             {"data": {"size": 32}, "classifier": {"widths": [4] * 6}},
             "data.size: 32 must be a multiple of 16 and at least 64 (the small",

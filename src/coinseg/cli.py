@@ -70,7 +70,8 @@ MEMORY_HINT = {
 
 def user_errors(func: F) -> F:
     """Turn the errors a user can fix into ``error: <one line>`` and exit status 2: coinseg's own, a missing or
-    existing path, an OS error writing (full disk, read-only, no permission) and running out of memory."""
+    existing path, an OS error writing (full disk, read-only, no permission) and running out of memory (numpy's
+    MemoryError, torch's allocator errors); any other error is a bug and keeps its traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -85,7 +86,9 @@ def user_errors(func: F) -> F:
                 raise
             reason = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
             message = f"{exc.filename}: {reason}" if exc.filename else f"{reason} ({exc})"
-        except MemoryError as exc:
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
+                raise
             message = (
                 f"not enough memory ({str(exc) or type(exc).__name__}); try a smaller {MEMORY_HINT[func.__name__]}"
             )
@@ -93,6 +96,11 @@ def user_errors(func: F) -> F:
         raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """torch's allocation failures: a CUDA ``OutOfMemoryError`` or the CPU allocator's RuntimeError."""
+    return type(exc).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator" in str(exc)
 
 
 def _settings(profile: Profile | None, seed: int, precision: Precision, config: Path | None = None) -> Any:

@@ -245,6 +245,8 @@ def _enum(cls: type[E], value: Any, name: str) -> E:
 
 T = TypeVar("T")
 
+MAX_SIZE = 1024  # data.size: 4000 slices at 1024 px are 16 GiB of float32 already
+
 
 def _check_value(value: Any, hint: Any, key: str) -> Any:
     """``value`` checked against the type ``hint`` (int, float, bool, an enum, ``list[...]``, ``X | None``);
@@ -395,6 +397,10 @@ def check_settings(settings: Settings) -> Settings:
     for key in ("batch_size", "gen_every", "max_steps", "val_every", "sample_every", "log_every"):
         _at_least(f"gan.{key}", getattr(gan, key), 1)
     # the size the networks can take
+    if data.size > MAX_SIZE:
+        raise ConfigError(
+            f"data.size: {data.size} must be at most {MAX_SIZE} (every slice is held in memory at this size)"
+        )
     minimum, multiple, reason = min_size(settings)
     if data.size < minimum or data.size % multiple:
         raise ConfigError(f"data.size: {data.size} must be a multiple of {multiple} and at least {minimum} ({reason})")
