@@ -70,7 +70,16 @@ def test_max_minutes_stops_cleanly_with_a_checkpoint(
 ) -> None:
     out = tmp_path / "gan"
     code, output = invoke(
-        "train", tiny_data, "--classifier", classifier_run, "--out", out, "--config", tiny_config, "--max-minutes", "0"
+        "train",
+        tiny_data,
+        "--classifier",
+        classifier_run,
+        "--out",
+        out,
+        "--config",
+        tiny_config,
+        "--max-minutes",
+        "0.00001",
     )
     assert code == 0, output
     assert "--max-minutes reached" in output and (out / "checkpoints" / "last.pt").is_file()
@@ -197,3 +206,132 @@ def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> 
     with pytest.raises(RunError, match="no calibrated threshold"):
         model.threshold(None)
     assert model.threshold(0.3) == 0.3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("segment", "r", "i", "--out", "o", "--batch-size", "0"), "--batch-size 0: must be at least 1"),
+        (("segment", "r", "i", "--out", "o", "--batch-size", "-1"), "--batch-size -1: must be at least 1"),
+        (("evaluate", "r", "m", "--out", "o", "--rise-masks", "0"), "--rise-masks 0: must be at least 1"),
+        (("evaluate", "r", "m", "--out", "o", "--saliency-threshold", "5"), "--saliency-threshold 5.0: must be in"),
+        (("train", "m", "--classifier", "c", "--out", "o", "--max-steps", "0"), "--max-steps 0: must be at least 1"),
+        (("train", "m", "--classifier", "c", "--out", "o", "--max-steps", "-3"), "--max-steps -3: must be at least"),
+        (("train-classifier", "m", "--out", "o", "--seed", "-1"), "--seed -1: must be in 0..4294967295"),
+        (("synth", "o", "--seed", "99999999999999999999"), "--seed 99999999999999999999: must be in 0..4294967295"),
+        (("demo", "--out", "o", "--seed", "-2"), "--seed -2: must be in 0..4294967295"),
+    ],
+)
+def test_option_ranges_are_one_line_before_any_work(args: tuple[str, ...], message: str) -> None:
+    code, output = invoke(*args)
+    assert code == 2 and output == f"error: {message}" + output[len(message) + 7 :]
+    assert output.count("\n") == 1 and not Path("o").exists()
+
+
+def test_max_minutes_must_be_positive(tmp_path: Path) -> None:
+    for value in ("0", "-1"):
+        code, output = invoke("train-classifier", tmp_path / "m.csv", "--out", tmp_path / "o", "--max-minutes", value)
+        assert code == 2 and output == f"error: --max-minutes {value}: must be more than 0\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_errors_and_a_profile_conflict_are_one_line(tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("classifier:\n  batch_size: 0\n")
+    code, output = invoke("train-classifier", tiny_data, "--out", tmp_path / "o", "--config", tmp_path / "bad.yaml")
+    assert code == 2 and output == f"error: {tmp_path / 'bad.yaml'}: classifier.batch_size: 0 must be >= 1\n"
+    (tmp_path / "paper.yaml").write_text("profile: paper\n")
+    code, output = invoke(
+        "train-classifier",
+        tiny_data,
+        "--out",
+        tmp_path / "o",
+        "--config",
+        tmp_path / "paper.yaml",
+        "--profile",
+        "quick",
+    )
+    assert code == 2 and "says 'paper' but --profile quick was given" in output
+    assert not (tmp_path / "o").exists()
+
+
+def _with_duplicate(tiny_data: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny manifest whose first row appears again in the test split."""
+    lines = tiny_data.read_text().splitlines()
+    base = tiny_data.parent
+    rows = [lines[0]] + [",".join(str(base / c) if "/" in c else c for c in line.split(",")) for line in lines[1:]]
+    first = rows[1].split(",")
+    first[3] = "test" if first[3] != "test" else "train"
+    path = tmp_path / "dups.csv"
+    path.write_text("\n".join([*rows, ",".join(first)]) + "\n")
+    return path
+
+
+def test_duplicates_are_a_warning_in_the_log_or_refused_when_strict(
+    tiny_data: Path, tiny_config: Path, tmp_path: Path
+) -> None:
+    manifest = _with_duplicate(tiny_data, tmp_path)
+    code, output = invoke(
+        "train-classifier", manifest, "--out", tmp_path / "o", "--config", tiny_config, "--strict-manifest"
+    )
+    assert code == 2 and output.startswith("error: ") and "listed in more than one row" in output
+    assert "(--strict-manifest)" in output and not (tmp_path / "o").exists()
+    code, output = invoke("train-classifier", manifest, "--out", tmp_path / "o", "--config", tiny_config)
+    assert code == 0, output
+    log = (tmp_path / "o" / "log.txt").read_text()
+    assert "warning:" in log and "1 image(s) listed in more than one row (1 repeated rows; first: rows 1, 49)" in log
+
+
+def test_predictions_csv_neutralises_formula_cells(coin_run: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "=HYPERLINK(1).npy", np.zeros((64, 64), np.float32))
+    (tmp_path / "m.csv").write_text("image,label\n=HYPERLINK(1).npy,0\n")
+    code, output = invoke("segment", coin_run, tmp_path / "m.csv", "--split", "all", "--out", tmp_path / "seg")
+    assert code == 0, output
+    rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
+    assert rows[0]["image"] == "'=HYPERLINK(1).npy"
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (OSError(28, "No space left on device", "d/x.npy"), "error: d/x.npy: no space left on the device\n"),
+        (OSError(13, "Permission denied", "d"), "error: d: Permission denied\n"),
+        (MemoryError(), "error: not enough memory (MemoryError); try a smaller --size or --n-slices\n"),
+        (
+            RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes."),
+            "error: not enough memory (DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes.); try a "
+            "smaller --size or --n-slices\n",
+        ),
+    ],
+)
+def test_disk_and_memory_failures_are_one_line(
+    error: BaseException, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coinseg.data.synth
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(coinseg.data.synth, "synthesize", fail)
+    code, output = invoke("synth", tmp_path / "d", "--n-slices", "20", "--size", "64")
+    assert code == 2 and output.endswith(message) and "Traceback" not in output
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error", "d"), RuntimeError("a bug")])
+def test_other_errors_keep_their_traceback(
+    error: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coinseg.data.synth
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(coinseg.data.synth, "synthesize", fail)
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--n-slices", "20", "--size", "64"])
+    assert result.exit_code == 1 and result.exception is error
+
+
+def test_out_naming_a_file_is_refused_before_the_data_are_read(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("keep")
+    code, output = invoke("train-classifier", tmp_path / "missing.csv", "--out", tmp_path / "f")
+    assert code == 2 and output == f"error: {tmp_path / 'f'}: is a file; --out must name a folder\n"
+    assert (tmp_path / "f").read_text() == "keep"

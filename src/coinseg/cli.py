@@ -2,11 +2,16 @@
 
 User errors (:class:`coinseg.errors.CoinsegError`: bad manifest, missing file, invalid option, a folder coinseg
 may not write into) print one line ``error: ...`` and exit with status 2; anything else is a bug and keeps its
-traceback.
+traceback. Numeric options are range-checked in code, before any work, as a :class:`~coinseg.errors.UsageError`
+naming the option (typer's own ``min=``/``max=`` prints a boxed message that wraps over several lines).
+
+``--config`` and ``--profile``: the YAML's own ``profile:`` key is the base its values override; without one,
+``--profile`` is (default ``quick``). Giving both with different profiles is an error.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -27,22 +32,50 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ProfileOpt = Annotated[Profile, typer.Option(help="quick: laptop CPU, 64 px; paper: the paper's recipe, GPU")]
+ProfileOpt = Annotated[
+    Profile | None,
+    typer.Option(
+        help="quick (default): laptop CPU, 64 px; paper: the paper's recipe, GPU. With --config: the base the YAML "
+        "overrides, unless the YAML names its own profile"
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option(help="settings YAML: overrides its 'profile:' (else --profile); see README")
+]
 DeviceOpt = Annotated[DeviceChoice, typer.Option(help="auto picks CUDA when available")]
 PrecisionOpt = Annotated[Precision, typer.Option(help="mixed precision needs CUDA")]
 MinutesOpt = Annotated[
     float | None,
-    typer.Option("--max-minutes", help="stop training cleanly after this long, with a checkpoint"),
+    typer.Option("--max-minutes", help="stop training cleanly after this long, with a checkpoint (> 0)"),
 ]
-SeedOpt = Annotated[int, typer.Option(help="random seed")]
+SeedOpt = Annotated[int, typer.Option(help="random seed, 0..4294967295")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        help="refuse a manifest that lists an image (and slice) twice or in two splits (default: a warning in log.txt)"
+    ),
+]
 DevicesOpt = Annotated[int, typer.Option(help="devices (processes) per node; more than 1 trains data-parallel (DDP)")]
 NodesOpt = Annotated[int, typer.Option(help="machines; needs torchrun or fabric run on each (see README)")]
 StrategyOpt = Annotated[str, typer.Option(help="auto or ddp (DDP whenever more than one process)")]
 THRESHOLD_HELP = "mask = |x - x_cf| / 2 > threshold (paper 0.25); 'auto' = the run's noise floor, calibrated on normal validation slices"
 
 
+# What to make smaller when a command runs out of memory.
+MEMORY_HINT = {
+    "synth": "--size or --n-slices",
+    "train_classifier_cmd": "data.size or classifier.batch_size (--config)",
+    "train": "data.size or gan.batch_size (--config)",
+    "segment": "--batch-size, or the input images",
+    "evaluate": "--max-slices or --rise-masks",
+    "demo": "--profile quick",
+}
+
+
 def user_errors(func: F) -> F:
-    """Turn the errors a user can fix into ``error: <one line>`` and exit status 2."""
+    """Turn the errors a user can fix into ``error: <one line>`` and exit status 2: coinseg's own, a missing or
+    existing path, an OS error writing (full disk, read-only, no permission) and running out of memory (numpy's
+    MemoryError, torch's allocator errors); any other error is a bug and keeps its traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -51,33 +84,78 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (CoinsegError, FileExistsError, FileNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            message = str(exc)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            reason = "no space left on the device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+            message = f"{exc.filename}: {reason}" if exc.filename else f"{reason} ({exc})"
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
+                raise
+            message = (
+                f"not enough memory ({str(exc) or type(exc).__name__}); try a smaller {MEMORY_HINT[func.__name__]}"
+            )
+        typer.echo("error: " + " ".join(message.splitlines()), err=True)
+        raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _settings(profile: Profile, seed: int, precision: Precision, config: Path | None = None) -> Any:
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """torch's allocation failures: a CUDA ``OutOfMemoryError`` or the CPU allocator's RuntimeError."""
+    return type(exc).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator" in str(exc)
+
+
+def _settings(profile: Profile | None, seed: int, precision: Precision, config: Path | None = None) -> Any:
+    """The run's settings: ``config`` over its own profile (else ``profile``), or ``profile`` alone."""
     from coinseg.config import load_settings, profile_settings
 
-    settings = load_settings(config) if config is not None else profile_settings(profile)
+    settings = load_settings(config, profile) if config is not None else profile_settings(profile or Profile.quick)
     settings.seed = seed
     settings.precision = precision
     return settings
+
+
+def _check_manifest(manifest: Path, strict: bool) -> None:
+    """With ``--strict-manifest``: refuse duplicate rows and images in two splits before any image is read."""
+    from coinseg.data.manifest import ManifestError, duplicate_problems, read_manifest
+
+    if strict:
+        problems = duplicate_problems(read_manifest(manifest, check_images=False), manifest)
+        if problems:
+            raise ManifestError(f"{problems[0]} (--strict-manifest)")
+
+
+def _require(ok: bool, option: str, value: object, rule: str) -> None:
+    """A one-line :class:`UsageError` ``OPTION VALUE: RULE`` unless ``ok``."""
+    from coinseg.errors import UsageError
+
+    if not ok:
+        raise UsageError(f"{option} {value}: {rule}")
+
+
+def _check_common(seed: int, max_minutes: float | None = None, devices: int = 1, num_nodes: int = 1) -> None:
+    _require(0 <= seed < 2**32, "--seed", seed, f"must be in 0..{2**32 - 1}")
+    _require(devices >= 1, "--devices", devices, "must be at least 1")
+    _require(num_nodes >= 1, "--num-nodes", num_nodes, "must be at least 1")
+    if max_minutes is not None:
+        _require(max_minutes > 0, "--max-minutes", f"{max_minutes:g}", "must be more than 0")
 
 
 @app.command()
 @user_errors
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to create (must not exist or be empty)")],
-    n_slices: Annotated[int, typer.Option(help="number of slices")] = 4000,
-    size: Annotated[int, typer.Option(help="slice size in pixels")] = 128,
+    n_slices: Annotated[int, typer.Option(help="number of slices (at least 20)")] = 4000,
+    size: Annotated[int, typer.Option(help="slice size in pixels (64..1024)")] = 128,
     seed: SeedOpt = 0,
 ) -> None:
     """Write the built-in synthetic CT data set: phantom slices with the paper's kidney anomalies."""
     from coinseg.data.synth import synthesize
     from coinseg.runtime.console import progress_bar
 
+    _check_common(seed)
     with progress_bar("synth", n_slices) as (progress, task):
         manifest = synthesize(out_dir, n_slices, size, seed, lambda n: progress.advance(task, n))
     typer.echo(str(manifest))
@@ -184,13 +262,14 @@ def prepare(
 def train_classifier_cmd(
     manifest: Annotated[Path, typer.Argument(help="manifest CSV (image,label[,mask,split,slice,organ])")],
     out: Annotated[Path, typer.Option("--out", help="run directory")],
-    profile: ProfileOpt = Profile.quick,
+    profile: ProfileOpt = None,
     device: DeviceOpt = DeviceChoice.auto,
     precision: PrecisionOpt = Precision.fp32,
     max_minutes: MinutesOpt = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
-    config: Annotated[Path | None, typer.Option(help="settings YAML instead of a profile")] = None,
+    config: ConfigOpt = None,
+    strict_manifest: StrictOpt = False,
     devices: DevicesOpt = 1,
     num_nodes: NodesOpt = 1,
     strategy: StrategyOpt = "auto",
@@ -198,6 +277,8 @@ def train_classifier_cmd(
     """Train the normal/abnormal classifier that COIN explains."""
     from coinseg.training.classifier import train_classifier
 
+    _check_common(seed, max_minutes, devices, num_nodes)
+    _check_manifest(manifest, strict_manifest)
     settings = _settings(profile, seed, precision, config)
     train_classifier(manifest, out, settings, device, max_minutes, resume, devices, num_nodes, strategy)
 
@@ -209,14 +290,15 @@ def train(
     classifier: Annotated[Path, typer.Option("--classifier", help="run directory of train-classifier")],
     out: Annotated[Path, typer.Option("--out", help="run directory")],
     method: Annotated[Method, typer.Option(help="coin, or singla (Singla et al.* baseline)")] = Method.coin,
-    profile: ProfileOpt = Profile.quick,
+    profile: ProfileOpt = None,
     device: DeviceOpt = DeviceChoice.auto,
     precision: PrecisionOpt = Precision.fp32,
     max_minutes: MinutesOpt = None,
-    max_steps: Annotated[int | None, typer.Option(help="override the profile's number of steps")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="override the profile's number of steps (>= 1)")] = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
-    config: Annotated[Path | None, typer.Option(help="settings YAML instead of a profile")] = None,
+    config: ConfigOpt = None,
+    strict_manifest: StrictOpt = False,
     devices: DevicesOpt = 1,
     num_nodes: NodesOpt = 1,
     strategy: StrategyOpt = "auto",
@@ -225,6 +307,10 @@ def train(
     from coinseg.config import apply_method
     from coinseg.training.gan import train_gan
 
+    _check_common(seed, max_minutes, devices, num_nodes)
+    if max_steps is not None:
+        _require(max_steps >= 1, "--max-steps", max_steps, "must be at least 1")
+    _check_manifest(manifest, strict_manifest)
     settings = _settings(profile, seed, precision, config)
     settings.gan = apply_method(settings.gan, method)
     if max_steps is not None:
@@ -258,7 +344,7 @@ def segment(
         bool, typer.Option(help="DICOM series input: also write a DICOM-SEG (needs coinseg[dicom-seg])")
     ] = False,
     device: DeviceOpt = DeviceChoice.auto,
-    batch_size: Annotated[int, typer.Option(help="slices per batch")] = 64,
+    batch_size: Annotated[int, typer.Option(help="slices per batch (>= 1)")] = 64,
 ) -> None:
     """Write lesion masks (one per 2-D input, one NIfTI per volume or case) and predictions.csv."""
     from coinseg.inference import segment as run_segment
@@ -289,9 +375,11 @@ def evaluate(
     methods: Annotated[str, typer.Option(help=methods_help())] = "coin",
     singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
     threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "0.25",
-    saliency_threshold: Annotated[float, typer.Option(help="attribution maps: mask = map > threshold")] = 0.975,
+    saliency_threshold: Annotated[
+        float, typer.Option(help="attribution maps (in [0, 1]): mask = map > threshold")
+    ] = 0.975,
     postprocess: Annotated[bool, typer.Option(help="post-process counterfactual masks (paper: -pcf)")] = False,
-    rise_masks: Annotated[int, typer.Option(help="RISE: number of random masks (paper 6000)")] = 6000,
+    rise_masks: Annotated[int, typer.Option(help="RISE: number of random masks (>= 1; paper 6000)")] = 6000,
     max_slices: Annotated[
         int | None, typer.Option(help="score a fixed, evenly spaced subset of this many slices (all methods)")
     ] = None,
@@ -299,6 +387,9 @@ def evaluate(
 ) -> None:
     """Score methods on the same frozen slices: metrics.json, report.md, report.html, figures."""
     from coinseg.evaluation.runner import evaluate as run_evaluate
+
+    _require(0.0 <= saliency_threshold <= 1.0, "--saliency-threshold", saliency_threshold, "must be in [0, 1]")
+    _require(rise_masks >= 1, "--rise-masks", rise_masks, "must be at least 1")
 
     metrics = run_evaluate(
         model_run_dir,
@@ -336,14 +427,15 @@ def _print_table(metrics: dict[str, Any]) -> None:
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="folder for data, runs and report")] = Path("coinseg-demo"),
-    profile: ProfileOpt = Profile.quick,
+    profile: ProfileOpt = None,
     device: DeviceOpt = DeviceChoice.auto,
     seed: SeedOpt = 0,
 ) -> None:
     """The whole pipeline on built-in synthetic data: synth, classifier, COIN, baselines, report."""
     from coinseg.demo import run_demo
 
-    run_demo(out, profile, device, seed)
+    _check_common(seed)
+    run_demo(out, profile or Profile.quick, device, seed)
     typer.echo(str(out / "report" / "report.html"))
 
 

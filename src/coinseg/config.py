@@ -1,13 +1,23 @@
 """Typed settings, the two profiles (``quick`` for a laptop CPU, ``paper`` for a GPU) and YAML load/save.
 
-Every string option is an enum validated at load time; an invalid value raises :class:`ConfigError` naming the
-field and the allowed choices.
+Settings are checked when loaded (:func:`settings_from_dict`, :func:`load_settings`) and by
+:func:`check_settings`: every value against its field's type (an int is accepted for a float, a bool is never a
+number), its range (batch sizes, step counts and cadences >= 1, learning rates > 0, probabilities in [0, 1]) and
+list lengths, and ``data.size`` against what the networks can downsample. Every problem raises
+:class:`ConfigError` naming the dotted key, e.g. ``classifier.batch_size: 0 must be >= 1``.
+
+A settings mapping (a YAML file) overrides a *base* profile: its own ``profile:`` key if it has one, else the
+``base`` the caller gives (the CLI's ``--profile``), else ``quick``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,10 +167,6 @@ class GanConfig:
     sample_every: int = 200
     log_every: int = 25
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.kl_edit_scale <= 1.0:
-            raise ConfigError(f"gan.kl_edit_scale: {self.kl_edit_scale!r} must be in (0, 1]")
-
 
 @dataclass
 class Settings:
@@ -243,31 +249,185 @@ def _enum(cls: type[E], value: Any, name: str) -> E:
 
 T = TypeVar("T")
 
+MAX_SIZE = 1024  # data.size: 4000 slices at 1024 px are 16 GiB of float32 already
 
-def _from_dict(cls: type[T], raw: dict[str, Any], prefix: str) -> T:
+
+def _check_value(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the type ``hint`` (int, float, bool, an enum, ``list[...]``, ``X | None``);
+    returns it converted (an int for a float field becomes a float, an enum value its member)."""
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum(hint, value, key)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_value(value, inner, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: {value!r} is not a list")
+        return [_check_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: {value!r} is not an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not a (finite) number")
+        return float(value)
+    raise TypeError(f"{key}: no check for the type {hint!r}")  # a new field type: a bug, not a user error
+
+
+def _from_dict(cls: type[T], raw: Any, base: T, prefix: str) -> T:
+    """``base`` (a dataclass instance) with the keys of ``raw`` replaced, each checked against its field type."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'settings'}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(raw) - set(known)
+        raise ConfigError(f"{prefix.rstrip('.') or 'settings'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
-        raise ConfigError(f"{prefix}{sorted(unknown)[0]}: unknown setting")
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown setting")
     values: dict[str, Any] = {}
-    defaults = cls()
     for name, value in raw.items():
-        current = getattr(defaults, name)
+        current = getattr(base, name)
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(current):
-            values[name] = _from_dict(type(current), value, key + ".")
-        elif isinstance(current, enum.Enum):
-            values[name] = _enum(type(current), value, key)
+            values[name] = _from_dict(type(current), value, current, key + ".")
         else:
-            values[name] = value
-    return cls(**values)
+            values[name] = _check_value(value, hints[name], key)
+    return dataclasses.replace(base, **values)  # type: ignore[type-var]
 
 
-def settings_from_dict(raw: dict[str, Any]) -> Settings:
-    """Build validated :class:`Settings` from a plain mapping (e.g. parsed YAML)."""
-    return _from_dict(Settings, raw, "")
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}: {value!r} must be >= {low:g}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}: {value!r} must be > 0")
+
+
+def _within(key: str, value: float, low: float, high: float, open_low: bool = False, open_high: bool = False) -> None:
+    if value < low or value > high or (open_low and value == low) or (open_high and value == high):
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ConfigError(f"{key}: {value!r} must be in {interval}")
+
+
+def _widths(key: str, widths: list[int]) -> None:
+    if not widths:
+        raise ConfigError(f"{key}: must list at least one width")
+    for i, width in enumerate(widths):
+        _at_least(f"{key}[{i}]", width, 1)
+
+
+def _pair(key: str, values: list[float], what: str) -> None:
+    if len(values) != 2:
+        raise ConfigError(f"{key}: {values!r} must be a list of 2 numbers ({what})")
+
+
+def min_size(settings: Settings) -> tuple[int, int, str]:
+    """(minimum, multiple, reason): ``data.size`` must be at least ``minimum`` and a multiple of ``multiple``.
+
+    The encoder halves the size once per ``gan.enc_widths`` entry and G doubles it back through skip
+    connections (so the size must divide exactly); the small classifier max-pools by 2 per width; ResNet-18
+    downsamples by 32; the discriminator pools by the product of ``gan.disc_down``.
+    """
+    enc = 2 ** len(settings.gan.enc_widths)
+    needs = [(enc, f"gan.enc_widths has {len(settings.gan.enc_widths)} levels, each halving the size")]
+    if settings.classifier.arch is ClassifierArch.small:
+        needs.append((2 ** len(settings.classifier.widths), "the small classifier pools by 2 per width"))
+    else:
+        needs.append((32, "ResNet-18 downsamples by 32"))
+    needs.append((math.prod(settings.gan.disc_down), "the discriminator pools by the product of gan.disc_down"))
+    minimum, reason = max(needs, key=lambda need: need[0])
+    return minimum, enc, reason
+
+
+def check_settings(settings: Settings) -> Settings:
+    """Raise :class:`ConfigError` (naming the dotted key) for a value out of range or lists that do not fit
+    together; returns ``settings`` unchanged."""
+    if not isinstance(settings.seed, int) or not 0 <= settings.seed < 2**32:
+        raise ConfigError(f"seed: {settings.seed!r} must be an integer in [0, {2**32 - 1}]")
+    data, clf, gan = settings.data, settings.classifier, settings.gan
+    # data
+    if data.window is not None:
+        _pair("data.window", data.window, "lo, hi in HU")
+        if not data.window[0] < data.window[1]:
+            raise ConfigError(f"data.window: {data.window!r} must be [lo, hi] with lo < hi")
+    _pair("data.percentiles", data.percentiles, "lo, hi")
+    if not 0.0 <= data.percentiles[0] < data.percentiles[1] <= 100.0:
+        raise ConfigError(f"data.percentiles: {data.percentiles!r} must be [a, b] with 0 <= a < b <= 100")
+    # classifier
+    _widths("classifier.widths", clf.widths)
+    for key in ("batch_size", "max_steps", "eval_every"):
+        _at_least(f"classifier.{key}", getattr(clf, key), 1)
+    _positive("classifier.lr", clf.lr)
+    _at_least("classifier.weight_decay", clf.weight_decay, 0.0)
+    for key in ("hflip", "vflip"):
+        _within(f"classifier.{key}", getattr(clf, key), 0.0, 1.0)
+    _within("classifier.shift", clf.shift, 0.0, 0.5)
+    _within("classifier.scale", clf.scale, 0.0, 1.0, open_high=True)
+    _within("classifier.rotate", clf.rotate, 0.0, 180.0)
+    # gan
+    _widths("gan.enc_widths", gan.enc_widths)
+    _at_least("gan.stem_width", gan.stem_width, 1)
+    _widths("gan.disc_widths", gan.disc_widths)
+    if len(gan.disc_down) != len(gan.disc_widths):
+        raise ConfigError(
+            f"gan.disc_down: {len(gan.disc_down)} entries but gan.disc_widths has {len(gan.disc_widths)}; "
+            "give one downsampling factor per discriminator block"
+        )
+    for i, factor in enumerate(gan.disc_down):
+        _at_least(f"gan.disc_down[{i}]", factor, 1)
+    levels = len(gan.enc_widths)
+    for i, skip in enumerate(gan.skips):
+        if not 1 <= skip < levels:
+            raise ConfigError(f"gan.skips[{i}]: {skip} must be in 1..{levels - 1} (gan.enc_widths has {levels} levels)")
+    if len(set(gan.skips)) != len(gan.skips):
+        raise ConfigError(f"gan.skips: {gan.skips!r} lists a skip twice")
+    for key in ("lambda_adv", "lambda_kl", "lambda_rec", "lambda_tv", "lambda_minc"):
+        _at_least(f"gan.{key}", getattr(gan, key), 0.0)
+    _positive("gan.lr", gan.lr)
+    _pair("gan.betas", gan.betas, "Adam beta1, beta2")
+    for i, beta in enumerate(gan.betas):
+        _within(f"gan.betas[{i}]", beta, 0.0, 1.0, open_high=True)
+    _within("gan.ema", gan.ema, 0.0, 1.0, open_high=True)
+    _within("gan.kl_edit_scale", gan.kl_edit_scale, 0.0, 1.0, open_low=True)
+    for key in ("batch_size", "gen_every", "max_steps", "val_every", "sample_every", "log_every"):
+        _at_least(f"gan.{key}", getattr(gan, key), 1)
+    # the size the networks can take
+    if data.size > MAX_SIZE:
+        raise ConfigError(
+            f"data.size: {data.size} must be at most {MAX_SIZE} (every slice is held in memory at this size)"
+        )
+    minimum, multiple, reason = min_size(settings)
+    if data.size < minimum or data.size % multiple:
+        raise ConfigError(f"data.size: {data.size} must be a multiple of {multiple} and at least {minimum} ({reason})")
+    return settings
+
+
+def settings_from_dict(raw: Any, base: Profile | str | None = None) -> Settings:
+    """Checked :class:`Settings` from a plain mapping (e.g. parsed YAML): the mapping's ``profile`` (else
+    ``base``, else ``quick``) with the mapping's values on top. A ``profile`` in the mapping that contradicts an
+    explicit ``base`` is an error."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"settings: expected a mapping, got {type(raw).__name__}")
+    chosen = base
+    if "profile" in raw:
+        own = _enum(Profile, raw["profile"], "profile")
+        given = None if base is None else _enum(Profile, base, "--profile")
+        if given is not None and own is not given:
+            raise ConfigError(
+                f"profile: the settings file says {own.value!r} but --profile {given.value} was given; drop one of them"
+            )
+        chosen = own
+    start = profile_settings(chosen if chosen is not None else Profile.quick)
+    return check_settings(_from_dict(Settings, raw, start, ""))
 
 
 def settings_to_dict(settings: Settings) -> dict[str, Any]:
@@ -289,9 +449,27 @@ def save_settings(settings: Settings, path: Path) -> None:
     path.write_text(yaml.safe_dump(settings_to_dict(settings), sort_keys=False))
 
 
-def load_settings(path: Path) -> Settings:
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 rule needs ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_settings(path: Path, base: Profile | str | None = None) -> Settings:
+    """Settings from a YAML file over its ``profile:`` (else ``base``, else ``quick``); see
+    :func:`settings_from_dict`. An unreadable file or a bad value is a :class:`ConfigError`."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a settings YAML file")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read settings ({exc})") from None
-    return settings_from_dict(raw or {})
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read settings ({' '.join(str(exc).split())})") from None
+    try:
+        return settings_from_dict({} if raw is None else raw, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -38,13 +38,14 @@ from coinseg.data.store import STORE, StoredCase, open_case
 from coinseg.errors import UsageError
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, lesion_volume_ml, remove_small_lesions, spacing_from_affine
-from coinseg.io.files import atomic_dir, spreadsheet_safe
+from coinseg.io.files import atomic_dir, check_empty_target, spreadsheet_safe
 from coinseg.io.images import (
+    KIND_NAMES,
     SLICE_SUFFIXES,
     Image,
     ImageReadError,
     intensity_for,
-    read_image,
+    read_standalone,
     suffix_of,
     to_source_volume,
     write_nifti,
@@ -144,9 +145,9 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if suffix_of(p) in SLICE_SUFFIXES and suffix_of(p) != ".dcm"]
         if not images:  # no 2-D images: a DICOM series (files with or without the .dcm suffix)
-            return [Job(_safe(source.name), str(source), read_image(source), dicom=source)]
-        return [Job(_safe(_strip_suffix(p.name)), str(p), read_image(p)) for p in images]
-    return [Job(_safe(_strip_suffix(source.name)), str(source), read_image(source))]
+            return [Job(_safe(source.name), str(source), read_standalone(source), dicom=source)]
+        return [Job(_safe(_strip_suffix(p.name)), str(p), read_standalone(p)) for p in images]
+    return [Job(_safe(_strip_suffix(source.name)), str(source), read_standalone(source))]
 
 
 def _volume_maps(model: Predictor, job: Job, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -226,20 +227,25 @@ def segment(
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     if not min_lesion_mm3 >= 0:
         raise UsageError(f"--min-lesion-mm3 {min_lesion_mm3}: must be >= 0")
+    check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device)
     rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size)
     jobs = collect_jobs(source, split)
     for job in jobs:
         if job.intensity != model.intensity:
             raise ImageReadError(
-                f"{job.source}: {job.intensity} intensities but the model was trained on {model.intensity}"
+                f"{job.source}: {KIND_NAMES[job.intensity]} but the model was trained on {KIND_NAMES[model.intensity]}"
             )
     if dicom_seg and not any(job.dicom is not None for job in jobs):
         raise UsageError(f"--dicom-seg: {source} is not a DICOM series folder")
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        first = next(n for n in names if names.count(n) > 1)
-        raise UsageError(f"{source}: two inputs map to the same mask name '{first}' (duplicate rows or file names)")
+    first: dict[str, Job] = {}
+    for job in jobs:
+        if job.name in first:
+            raise UsageError(
+                f"{source}: {first[job.name].source} and {job.source} both map to the mask name {job.name!r} "
+                "(a duplicate row, or names that differ only in characters a file name cannot hold)"
+            )
+        first[job.name] = job
     rows = []
     with atomic_dir(out_dir, "segment") as tmp, progress_bar("segment", sum(j.n_slices for j in jobs)) as bar:
         progress, task = bar

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coinseg.data.manifest import ManifestError, read_manifest, training_splits
+from coinseg.data.manifest import ManifestError, duplicate_problems, read_manifest, select_split, training_splits
 
 
 def _write(root: Path, rows: list[str], header: str = "image,label,split") -> Path:
@@ -100,3 +100,47 @@ def test_mixing_grey_and_hu_images_is_named(tmp_path: Path) -> None:
         intensity_of(entries, tmp_path / "manifest.csv")
     assert intensity_of(entries[:1], tmp_path / "manifest.csv") == "hu"
     assert intensity_of(entries[1:], tmp_path / "manifest.csv") == "unit"
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = _write(tmp_path, ["s0.npy,0,train", "s1.npy,1,train"])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [e.label for e in read_manifest(path)] == [0, 1]
+
+
+def test_a_folder_as_the_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"is a folder, expected a CSV file"):
+        read_manifest(tmp_path)
+
+
+def test_a_folder_as_the_mask(tmp_path: Path) -> None:
+    (tmp_path / "masks").mkdir()
+    message = _error(tmp_path, ["s0.npy,0,train,masks"], header="image,label,split,mask")
+    assert "row 1 (s0.npy): mask masks is a folder, expected a file" in message
+
+
+def test_3d_npy_needs_a_slice_column(tmp_path: Path) -> None:
+    np.save(tmp_path / "v.npy", np.zeros((3, 8, 8), np.float32))
+    message = _error(tmp_path, ["v.npy,0,train"])
+    assert "row 1 (v.npy): a .npy is one 2-D slice, got shape (3, 8, 8)" in message
+    path = _write(tmp_path, ["v.npy,0,train,2"], header="image,label,split,slice")
+    assert [e.slice for e in read_manifest(path)] == [2]  # a slice stack addressed by index stays valid
+
+
+def test_duplicates_and_split_overlap_are_counted_with_rows(tmp_path: Path) -> None:
+    rows = ["s0.npy,0,train", "s1.npy,1,train", "s0.npy,0,train", "s1.npy,1,test", "s2.npy,1,val"]
+    path = _write(tmp_path, rows)
+    problems = duplicate_problems(read_manifest(path), path)
+    assert problems == [
+        f"{path}: 2 image(s) listed in more than one row (2 repeated rows; first: rows 1, 3)",
+        f"{path}: 1 image(s) in more than one split (test, train; first: rows 2, 4); test results are then not "
+        "independent of training",
+    ]
+    clean = _write(tmp_path, ["s0.npy,0,train", "s1.npy,1,train", "s2.npy,1,val"])
+    assert duplicate_problems(read_manifest(clean), clean) == []
+
+
+def test_select_split_names_an_unknown_split(tmp_path: Path) -> None:
+    path = _write(tmp_path, ["s0.npy,0,train"])
+    with pytest.raises(ManifestError, match=r"unknown split 'bogus' \(use train, val, test\)"):
+        select_split(read_manifest(path), "bogus", path)

@@ -12,6 +12,7 @@ from coinseg.io.images import (
     ImageReadError,
     read_image,
     read_slice,
+    read_standalone,
     slices_to_volume,
     to_source_volume,
     volume_to_slices,
@@ -79,3 +80,51 @@ def test_dicom_series_sorted_by_position_with_rescale() -> None:
     first = datasets[0]
     expected = first.pixel_array * float(first.RescaleSlope) + float(first.RescaleIntercept)
     assert np.array_equal(series.array[0], expected.astype(np.float32))  # display slice == radiological view
+
+
+def test_grey_alpha_png_is_read_as_its_grey_channel(tmp_path: Path) -> None:
+    grey = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    la = np.stack([grey, np.full_like(grey, 7)], axis=-1)
+    PILImage.fromarray(la, "LA").save(tmp_path / "la.png")
+    image = read_image(tmp_path / "la.png")
+    assert not image.is_volume and np.array_equal(image.array, grey / np.float32(255))
+
+
+def test_palette_png_is_looked_up_through_its_palette(tmp_path: Path) -> None:
+    indices = np.array([[0, 1], [2, 255]], np.uint8)
+    pil = PILImage.fromarray(indices, "P")
+    pil.putpalette([v for i in range(256) for v in (255 - i,) * 3])  # displayed grey = 255 - index
+    pil.save(tmp_path / "p.png")
+    assert np.array_equal(read_image(tmp_path / "p.png").array, (255 - indices) / np.float32(255))
+
+
+def test_rgb_png_is_accepted_only_when_grey(tmp_path: Path) -> None:
+    grey = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    PILImage.fromarray(np.stack([grey] * 3, axis=-1), "RGB").save(tmp_path / "g.png")
+    assert np.array_equal(read_image(tmp_path / "g.png").array, grey / np.float32(255))
+    colour = np.stack([grey, grey, 255 - grey], axis=-1)
+    PILImage.fromarray(colour, "RGB").save(tmp_path / "c.png")
+    with pytest.raises(ImageReadError, match=r"c.png: a colour image \(R, G, B differ\)"):
+        read_image(tmp_path / "c.png")
+
+
+def test_multi_page_tiff_is_refused(tmp_path: Path) -> None:
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 8, 8), np.uint8))
+    with pytest.raises(ImageReadError, match=r"stack.tif: expected one 2-D grey image, got an array of shape"):
+        read_image(tmp_path / "stack.tif")
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (5, 8, 8)])
+def test_3d_npy_on_its_own_is_refused(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    np.save(tmp_path / "a.npy", np.zeros(shape, np.float32))
+    assert read_image(tmp_path / "a.npy").is_volume  # a slice stack, addressable by index
+    with pytest.raises(ImageReadError, match=r"a.npy: a .npy is one 2-D slice, got shape"):
+        read_standalone(tmp_path / "a.npy")
+
+
+def test_folder_that_is_not_a_dicom_series_names_the_folder(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((4, 4), np.float32))
+    with pytest.raises(ImageReadError, match=r"a folder, read as a DICOM series, but a.npy is not a DICOM slice"):
+        read_image(tmp_path)

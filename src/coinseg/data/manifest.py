@@ -5,6 +5,10 @@ row, i.e. line 2 of the file) and the path. 3-D volumes without a ``slice`` colu
 slice, each carrying the volume's label. ``slice`` counts along the file's own stored axis closest to
 superior-inferior (see :mod:`coinseg.io.images`); for a ``coinseg prepare`` store (3-D ``.npy``) it indexes the
 stored array's first axis. Each image file is opened once per manifest (``.npy`` stores are memory-mapped).
+A 3-D ``.npy`` (a slice stack without geometry) needs the ``slice``
+column. The file may start with a UTF-8 byte-order mark (as spreadsheets write it). The same image (and slice)
+in several rows, or in two splits, is reported by :func:`duplicate_problems` (a warning when training, an error
+with ``--strict-manifest``).
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ def default_split(name: str) -> str:
 
 def read_manifest(path: Path, check_images: bool = True) -> list[Entry]:
     """Parse and validate ``path``. With ``check_images`` every image is opened once (shape and readability)."""
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder, expected a CSV file")
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             rows = list(reader)
@@ -81,7 +87,7 @@ class _Seen:
 
     base: Path
     located: dict[str, tuple[Path, bool]] = field(default_factory=dict)
-    depths: dict[Path, int] = field(default_factory=dict)
+    depths: dict[Path, tuple[int, bool, tuple[int, ...]]] = field(default_factory=dict)
 
     def locate(self, value: str) -> tuple[Path, bool]:
         if value not in self.located:
@@ -112,6 +118,8 @@ def _parse_row(manifest: Path, base: Path, number: int, row: dict[str, str], che
         optional[column] = located
         if not exists:
             raise ManifestError(f"{where} ({source}): {column} file not found: {value}")
+        if value and (base / value).is_dir():
+            raise ManifestError(f"{where} ({source}): {column} {value} is a folder, expected a file")
     slice_text = row.get("slice", "")
     index: int | None = None
     if slice_text:
@@ -126,8 +134,14 @@ def _parse_row(manifest: Path, base: Path, number: int, row: dict[str, str], che
                 loaded = read_image(image)
             except ImageReadError as exc:
                 raise ManifestError(f"{where}: {exc}") from None
-            seen.depths[image] = loaded.array.shape[0] if loaded.is_volume else 0
-        depth = seen.depths[image]
+            stack = loaded.is_volume and loaded.affine is None  # a 3-D .npy: slices without geometry
+            seen.depths[image] = (loaded.array.shape[0] if loaded.is_volume else 0, stack, loaded.array.shape)
+        depth, stack, shape = seen.depths[image]
+        if stack and index is None:
+            raise ManifestError(
+                f"{where} ({source}): a .npy is one 2-D slice, got shape {shape} "
+                "(give a 'slice' column to address a 3-D .npy slice stack; volumes as NIfTI or DICOM)"
+            )
         if depth:
             if index is not None and not 0 <= index < depth:
                 raise ManifestError(f"{where} ({source}): slice {index} outside 0..{depth - 1}")
@@ -139,8 +153,40 @@ def _parse_row(manifest: Path, base: Path, number: int, row: dict[str, str], che
     return [Entry(image=image, slice=index, **common)]  # type: ignore[arg-type]
 
 
+def duplicate_problems(entries: list[Entry], manifest: Path) -> list[str]:
+    """One-line descriptions of (1) the same image file (and slice) listed in more than one row and (2) the same
+    image file (and slice) in more than one split (test results would not be independent of training). Each gives
+    the count and the first row numbers; an empty list when there is neither."""
+    rows: dict[tuple[Path, int | None], set[int]] = {}
+    splits: dict[tuple[Path, int | None], set[str]] = {}
+    for entry in entries:
+        key = (entry.image, entry.slice)
+        rows.setdefault(key, set()).add(entry.row)
+        splits.setdefault(key, set()).add(entry.split)
+    problems = []
+    repeated = [sorted(r) for r in rows.values() if len(r) > 1]
+    if repeated:
+        extra = sum(len(r) - 1 for r in repeated)
+        first = ", ".join(str(n) for n in sorted(repeated)[0][:5])
+        problems.append(
+            f"{manifest}: {len(repeated)} image(s) listed in more than one row ({extra} repeated rows; first: rows "
+            f"{first})"
+        )
+    crossing = sorted(sorted(rows[k]) for k, s in splits.items() if len(s) > 1)
+    if crossing:
+        names = ", ".join(sorted({split for k, s in splits.items() if len(s) > 1 for split in s}))
+        first = ", ".join(str(n) for n in crossing[0][:5])
+        problems.append(
+            f"{manifest}: {len(crossing)} image(s) in more than one split ({names}; first: rows {first}); "
+            "test results are then not independent of training"
+        )
+    return problems
+
+
 def select_split(entries: list[Entry], split: str, manifest: Path) -> list[Entry]:
     """Entries of ``split``; a :class:`ManifestError` if that split is empty."""
+    if split not in SPLITS:
+        raise ManifestError(f"{manifest}: unknown split {split!r} (use {', '.join(SPLITS)})")
     chosen = [e for e in entries if e.split == split]
     if not chosen:
         raise ManifestError(f"{manifest}: the '{split}' split is empty")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coinseg.data.manifest import read_manifest, training_splits
+from coinseg.data.manifest import duplicate_problems, read_manifest, training_splits
 from coinseg.data.slices import SliceSet, compute_window, intensity_of, load_slices
 from coinseg.runtime.console import progress_bar
 
@@ -30,7 +30,8 @@ def prepare_data(
     seed: int = 0,
 ) -> Prepared:
     """Read and validate ``manifest``, compute the window from the training split (unless ``window`` is given,
-    e.g. the classifier's, which a GAN must reuse) and load every split at ``size x size``."""
+    e.g. the classifier's, which a GAN must reuse) and load every split at ``size x size``. ``notes``: what the
+    run log should say (a held-out validation split; duplicate rows and images in two splits, as warnings)."""
     entries = read_manifest(manifest)
     train, val, note = training_splits(entries, manifest)
     test = [e for e in entries if e.split == "test"]
@@ -44,4 +45,5 @@ def prepare_data(
         for name, chosen in (("train", train), ("val", val), ("test", test)):
             if chosen:
                 sets[name] = load_slices(chosen, size, window, lambda n: progress.advance(task, n))
-    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, [note] if note else [])
+    notes = ([note] if note else []) + [f"warning: {problem}" for problem in duplicate_problems(entries, manifest)]
+    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, notes)

@@ -39,8 +39,8 @@ from coinseg.evaluation.metrics import (
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
-from coinseg.io.files import atomic_dir
-from coinseg.io.images import intensity_for
+from coinseg.io.files import atomic_dir, check_empty_target
+from coinseg.io.images import KIND_NAMES, intensity_for
 from coinseg.predictor import Predictor, load_predictor, parse_threshold, to_original_size
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
@@ -154,6 +154,7 @@ def evaluate(
     """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
     ``threshold`` (counterfactual maps): a number in [0, 1) or ``"auto"``, each run's calibrated noise floor."""
     parsed = parse_threshold(threshold)
+    check_empty_target(out_dir)  # before any work; again at the end
     model = load_predictor(run_dir, device)
     models: dict[str, Predictor] = {model.maps.name: model}
     if "singla" in methods and "singla" not in models:
@@ -171,7 +172,8 @@ def evaluate(
     kinds = {intensity_for(e.image) for e in entries}
     if kinds != {model.intensity}:
         raise RunError(
-            f"{manifest}: images are {'/'.join(sorted(kinds))} but the model was trained on {model.intensity}"
+            f"{manifest}: {' and '.join(KIND_NAMES[k] for k in sorted(kinds))} but the model was trained on "
+            f"{KIND_NAMES[model.intensity]}"
         )
     arrays = [read_entry(e) for e in entries]
     shapes = [a.shape for a in arrays]

@@ -3,6 +3,12 @@
 Intensity conventions: ``.npy``, NIfTI and DICOM are Hounsfield units (DICOM rescale slope/intercept
 applied); PNG/TIFF are already-windowed grey values, returned scaled to [0, 1] (``intensity == "unit"``).
 
+Channel rules for PNG/TIFF (always one 2-D grey slice): grey, grey+alpha (alpha ignored) and 16-bit grey are
+read as is; a palette image is looked up through its palette; RGB/RGBA (alpha ignored) is accepted only when
+R = G = B (a grey image stored as colour) and refused otherwise, as is a multi-page TIFF. A ``.npy`` is a 2-D
+slice; a 3-D ``.npy`` is a stack of slices that only a manifest ``slice`` index can address
+(:func:`read_standalone` refuses it).
+
 Volumes are reoriented with their affine (nibabel) and axial slices are returned in radiological display
 orientation (anterior up, patient right on the image left), shape Z x H x W. The slice index Z counts in the
 file's own stored order along whichever stored axis is closest to superior-inferior (the third axis of most
@@ -29,6 +35,8 @@ Intensity = Literal["hu", "unit"]
 
 SLICE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz")
 GREY_SUFFIXES = (".png", ".tif", ".tiff")  # already-windowed grey values; every other input is HU
+# How to name an intensity kind to a user.
+KIND_NAMES = {"hu": "HU images (.npy, NIfTI, DICOM)", "unit": "grey-value images (PNG, TIFF)"}
 
 
 class ImageReadError(CoinsegError):
@@ -85,12 +93,27 @@ def read_image(path: Path) -> Image:
             raise ImageReadError(f"{path}: unsupported file type (use one of {', '.join(SLICE_SUFFIXES)})")
     except ImageReadError:
         raise
+    except MemoryError:
+        raise ImageReadError(f"{path}: too large to fit in memory") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure is reported as unreadable
         raise ImageReadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
     if image.array.ndim == 3 and image.array.shape[0] == 1 and not isinstance(image.array, np.memmap):
         image = Image(image.array[0], image.intensity, image.affine, image.shape)
     if image.array.ndim not in (2, 3) or min(image.array.shape) < 2:
         raise ImageReadError(f"{path}: expected a 2-D slice or a 3-D volume, got shape {image.array.shape}")
+    return image
+
+
+def read_standalone(path: Path) -> Image:
+    """Read an image used on its own, without a slice index: a 2-D slice, or a volume with its geometry (NIfTI,
+    DICOM series). A 3-D array without geometry (a ``.npy`` stack) is refused: it has no affine to write a mask
+    back with, and an H x W x 3 colour array would look the same."""
+    image = read_image(path)
+    if image.is_volume and image.affine is None:
+        raise ImageReadError(
+            f"{path}: a .npy is one 2-D slice, got shape {image.array.shape} (address a 3-D .npy slice stack "
+            "through a manifest 'slice' column; give volumes as NIfTI or DICOM)"
+        )
     return image
 
 
@@ -126,9 +149,15 @@ def _read_grey(path: Path) -> np.ndarray:
         array = np.asarray(tifffile.imread(path))
     else:
         with PILImage.open(path) as pil:
-            array = np.asarray(pil)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].mean(axis=-1).astype(array.dtype)
+            # a palette image: look the indices up in the palette
+            array = np.asarray(pil.convert("RGBA") if pil.mode in ("P", "PA") else pil)
+    if array.ndim == 3 and array.shape[-1] in (2, 3, 4):
+        channels = array[..., :1] if array.shape[-1] == 2 else array[..., :3]  # drop alpha
+        if channels.shape[-1] == 3 and not (channels == channels[..., :1]).all():
+            raise ImageReadError(f"{path}: a colour image (R, G, B differ); save the slice as a greyscale image")
+        array = channels[..., 0]
+    if array.ndim != 2:
+        raise ImageReadError(f"{path}: expected one 2-D grey image, got an array of shape {array.shape}")
     if np.issubdtype(array.dtype, np.integer):
         scale = float(np.iinfo(array.dtype).max)
     else:

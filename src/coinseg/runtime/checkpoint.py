@@ -14,9 +14,34 @@ from coinseg.io.files import atomic_file, write_text
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary name in the same folder, then rename (never a half-written checkpoint)."""
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save to a temporary name in the same folder, then rename (never a half-written checkpoint). A full
+    disk is reported as such (torch's own error says only 'unexpected pos') and the temporary file is removed."""
+    with atomic_file(path) as tmp, tmp.open("wb") as handle:
+        writer = _Writer(handle)
+        try:
+            torch.save(state, writer)  # type: ignore[arg-type]
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+class _Writer:
+    """A file's ``write``/``flush`` that keeps the OS error torch's zip writer turns into a RuntimeError."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return int(self.handle.write(data))
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -160,7 +160,10 @@ class RunDir:
 
     @staticmethod
     def check(path: Path, resume: bool) -> None:
-        """Refuse to overwrite a run without --resume, or to resume a run that has no checkpoint."""
+        """Refuse to overwrite a run without --resume, or to resume a run that has no checkpoint; refuse a file
+        as the run folder (before any data are loaded)."""
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path}: is a file; --out must name a folder")
         last = path / "checkpoints" / "last.pt"
         if resume and not (last.is_file() and is_owned(path)):
             raise RunError(f"{path}: --resume given but there is no coinseg checkpoint to resume from ({last})")

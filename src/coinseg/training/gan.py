@@ -373,6 +373,8 @@ def _train(
 ) -> dict[str, Any]:
     cfg = settings.gan
     if run is not None:
+        for note in data.notes:
+            run.log(note)
         run.log(
             f"{cfg.method.value} GAN: {len(data.train)} train / {len(data.val)} val slices at {settings.data.size}px, "
             f"window {data.window}, device {fabric.device}, G every {cfg.gen_every} step(s)"
