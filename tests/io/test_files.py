@@ -42,3 +42,12 @@ def test_atomic_dir_marks_and_refuses_a_file(tmp_path: Path) -> None:
 )
 def test_spreadsheet_safe(cell: str, safe: str) -> None:
     assert spreadsheet_safe(cell) == safe
+
+
+def test_atomic_files_get_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
+    import os
+
+    with atomic_file(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    (tmp_path / "b.txt").write_text("x")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
