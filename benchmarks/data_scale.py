@@ -138,7 +138,7 @@ from pathlib import Path
 from coinseg.config import profile_settings
 from coinseg.data.prepare import prepare_data
 from coinseg.models.classifier import build_classifier
-from coinseg.training.augment import augment
+from coinseg.training.augment import random_affine, warp
 settings = profile_settings("paper")
 cfg = settings.classifier
 torch.set_num_threads(2)
@@ -150,7 +150,7 @@ g = torch.Generator().manual_seed(0)
 times = []
 for step in range(int(sys.argv[2])):
     idx = torch.randint(len(data.train), (int(sys.argv[3]),), generator=g)
-    x = augment(data.train.images[idx], cfg, g)
+    x = warp(data.train.images[idx], random_affine(len(idx), cfg, g))
     loss = F.binary_cross_entropy_with_logits(model(x).float(), data.train.labels[idx])
     opt.zero_grad(); loss.backward(); opt.step()
     times.append(time.perf_counter() - t0)
