@@ -36,26 +36,32 @@ def filesystem_error(path: Path, exc: OSError) -> RunError:
 
 
 @contextmanager
+def user_fs_errors(path: Path, creating: bool = False) -> Iterator[None]:
+    """Turn an OS error a user can fix (:data:`USER_FS_ERRORS`) while writing ``path`` into a one-line
+    :class:`RunError`; any other error propagates. ``creating``: also a FileExistsError (a file where a folder of
+    the path should be)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in USER_FS_ERRORS or (creating and isinstance(exc, FileExistsError)):
+            raise filesystem_error(path, exc) from None
+        raise
+
+
+@contextmanager
 def atomic_file(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (ending in ``suffix``, e.g. ``.nii.gz`` for writers that choose the
     format by name); on success it replaces ``path``, on any error it is removed."""
-    try:
+    with user_fs_errors(path, creating=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    except OSError as exc:
-        if exc.errno in USER_FS_ERRORS or isinstance(exc, FileExistsError):
-            raise filesystem_error(path, exc) from None
-        raise
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno in USER_FS_ERRORS:
-            raise filesystem_error(path, exc) from None
-        raise
+        with user_fs_errors(path):
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -104,25 +110,18 @@ def atomic_dir(out_dir: Path, kind: str) -> Iterator[Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: is a file; --out must name a folder")
     check_empty_target(out_dir)
-    try:
+    with user_fs_errors(out_dir, creating=True):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
-    except OSError as exc:
-        if exc.errno in USER_FS_ERRORS or isinstance(exc, FileExistsError):
-            raise filesystem_error(out_dir, exc) from None
-        raise
     try:
-        write_marker(tmp, kind)
-        yield tmp
-        check_empty_target(out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except OSError as exc:
-        if exc.errno in USER_FS_ERRORS:
-            raise filesystem_error(out_dir, exc) from None
-        raise
+        with user_fs_errors(out_dir):
+            write_marker(tmp, kind)
+            yield tmp
+            check_empty_target(out_dir)
+            if out_dir.exists():
+                out_dir.rmdir()
+            os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

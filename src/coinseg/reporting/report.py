@@ -196,9 +196,10 @@ def _markdown(
         lines.append("")
         lines.append("No methods were evaluated.")
     lines += ["", DIRECTIONS, ""]
-    for title, columns, table in _volume_tables(metrics):
+    volume_tables = _volume_tables(metrics)
+    for title, columns, table in volume_tables:
         lines += [f"## {_md_text(title)}", "", *_md_table(columns, table), ""]
-    if _volume_tables(metrics):
+    if volume_tables:
         lines += [VOLUME_RULES, ""]
     if notes:
         lines += ["## Notes", ""]
@@ -237,9 +238,10 @@ def _html(
     else:
         parts.append("<p>No methods were evaluated.</p>")
     parts.append(f'<p class="legend">{e(DIRECTIONS)}</p>')
-    for title, columns, table in _volume_tables(metrics):
+    volume_tables = _volume_tables(metrics)
+    for title, columns, table in volume_tables:
         parts += [f"<h2>{e(title)}</h2>", *_html_table(columns, table)]
-    if _volume_tables(metrics):
+    if volume_tables:
         parts.append(f'<p class="legend">{e(VOLUME_RULES)}</p>')
     if notes:
         parts += ["<h2>Notes</h2>", "<ul>"]

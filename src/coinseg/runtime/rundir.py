@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 from coinseg import __version__
 from coinseg.config import Settings, save_settings, settings_to_dict
 from coinseg.errors import RunError
-from coinseg.io.files import USER_FS_ERRORS, atomic_file, filesystem_error, is_owned, write_marker
+from coinseg.io.files import atomic_file, is_owned, user_fs_errors, write_marker
 from coinseg.runtime.checkpoint import write_json
 from coinseg.runtime.console import console
 
@@ -51,13 +51,9 @@ def claim_folder(path: Path, kind: str, inputs: tuple[Path, ...] = ()) -> None:
             return
         if any(path.iterdir()):
             raise RunError(f"{path}: exists, is not empty and was not made by coinseg; choose another --out")
-    try:
+    with user_fs_errors(path, creating=True):
         path.mkdir(parents=True, exist_ok=True)
         write_marker(path, kind)
-    except OSError as exc:
-        if exc.errno in USER_FS_ERRORS or isinstance(exc, FileExistsError):
-            raise filesystem_error(path, exc) from None
-        raise
 
 
 def remove_owned(path: Path) -> None:
