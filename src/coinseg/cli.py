@@ -238,7 +238,7 @@ def prepare(
         margin_mm=margin_mm,
         spacing_mm=spacing_mm,
         min_lesion_mm2=min_lesion_mm2,
-        workers=max(1, workers),
+        workers=workers,
         on_error=OnError(on_error),
         seed=seed,
         series=series,

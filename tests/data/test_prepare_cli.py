@@ -47,3 +47,16 @@ def test_prepare_bad_input_is_one_line(tmp_path: Path, kits_study: Callable[[Pat
     code, output = invoke("prepare", root, "--out", tmp_path / "d", "--layout", "dicomdir")
     assert code == 2 and "--layout 'dicomdir': choose one of auto" in output
     assert not (tmp_path / "d").exists()
+
+
+def test_prepare_options_out_of_range_are_named(tmp_path: Path, kits_study: Callable[[Path, int], Path]) -> None:
+    root = kits_study(tmp_path / "kits", 3)
+    for option, value, message in (
+        ("--margin-mm", "-1", "--margin-mm -1.0: expected a number >= 0"),
+        ("--min-lesion-mm2", "-1", "--min-lesion-mm2 -1.0: expected a number >= 0"),
+        ("--workers", "0", "--workers 0: must be at least 1"),
+        ("--spacing-mm", "0", "--spacing-mm 0.0: expected a positive number of millimetres"),
+    ):
+        code, output = invoke("prepare", root, "--out", tmp_path / "d", option, value)
+        assert code == 2 and f"error: {message}" in output, output
+    assert not (tmp_path / "d").exists()

@@ -335,6 +335,11 @@ def prepare_study(
     for name, value in (("--spacing-mm", options.spacing_mm), ("--blob-mm", options.blob_mm)):
         if value is not None and not value > 0:
             raise StudyError(f"{name} {value}: expected a positive number of millimetres")
+    for name, value in (("--margin-mm", options.margin_mm), ("--min-lesion-mm2", options.min_lesion_mm2)):
+        if not value >= 0:
+            raise StudyError(f"{name} {value}: expected a number >= 0")
+    if options.workers < 1:
+        raise StudyError(f"--workers {options.workers}: must be at least 1")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise StudyError(f"--out {out}: must not be inside the study {source} (inputs are never written to)")
     layout, cases = discover(
