@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from coinseg.data.roi import CaseGeometry
+from coinseg.io.files import atomic_file
 
 STORE = "store"
 MANIFEST_COLUMNS = ("image", "label", "split", "slice", "case", "mask", "organ")
@@ -92,9 +92,7 @@ def open_case(dataset_dir: Path, case: str) -> StoredCase:
 
 def write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
     """Write ``rows`` (keys of :data:`MANIFEST_COLUMNS`) as CSV, via a temporary name and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

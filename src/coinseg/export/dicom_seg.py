@@ -15,7 +15,6 @@ volume (``X x Y x Z`` = columns x rows x slices) becomes frames with :func:`fram
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 
 from coinseg import __version__
 from coinseg.config import ConfigError
+from coinseg.io.files import atomic_file
 from coinseg.io.images import ImageReadError
 
 RESEARCH_ONLY = "RESEARCH USE ONLY"
@@ -197,11 +197,6 @@ def write_dicom_seg(
         content_label="COINSEG",
         series_description=f"coinseg {segment_label} ({RESEARCH_ONLY})",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_file(path) as tmp:
         seg.save_as(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -33,6 +33,7 @@ from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.errors import RunError
 from coinseg.evaluation.metrics import counterfactual_validity, difference_map, flip_rate
+from coinseg.io.files import atomic_file
 from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
 from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
@@ -350,7 +351,8 @@ def train_gan(
     def claim() -> RunDir:
         run = RunDir(out, settings, resume, "gan-run", (manifest, classifier_run), frozenset({"gan.max_steps"}))
         if not resume:
-            shutil.copyfile(source, kept)
+            with atomic_file(kept) as tmp:
+                shutil.copyfile(source, tmp)
         return run
 
     run = on_rank_zero_first(fabric, claim)
