@@ -112,9 +112,9 @@ def is_dataset(source: Path) -> bool:
 def dataset_jobs(dataset: Path, split: str) -> list[Job]:
     """One job per case of ``split`` (or ``all``) of a prepared dataset, in case order."""
     manifest = dataset / "manifest.csv"
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-    cases = sorted({r["case"] for r in rows if split == "all" or r.get("split") == split})
+    entries = read_manifest(manifest, check_images=False)
+    # every row points into store/<case>/image.npy
+    cases = sorted({e.image.parent.name for e in entries if split == "all" or e.split == split})
     if not cases:
         raise ManifestError(f"{manifest}: no case in split '{split}' (use --split all for every case)")
     jobs = []
