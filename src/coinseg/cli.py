@@ -135,10 +135,8 @@ def _require(ok: bool, option: str, value: object, rule: str) -> None:
         raise UsageError(f"{option} {value}: {rule}")
 
 
-def _check_common(seed: int, max_minutes: float | None = None, devices: int = 1, num_nodes: int = 1) -> None:
+def _check_common(seed: int, max_minutes: float | None = None) -> None:
     _require(0 <= seed < 2**32, "--seed", seed, f"must be in 0..{2**32 - 1}")
-    _require(devices >= 1, "--devices", devices, "must be at least 1")
-    _require(num_nodes >= 1, "--num-nodes", num_nodes, "must be at least 1")
     if max_minutes is not None:
         _require(max_minutes > 0, "--max-minutes", f"{max_minutes:g}", "must be more than 0")
 
@@ -277,7 +275,7 @@ def train_classifier_cmd(
     """Train the normal/abnormal classifier that COIN explains."""
     from coinseg.training.classifier import train_classifier
 
-    _check_common(seed, max_minutes, devices, num_nodes)
+    _check_common(seed, max_minutes)
     _check_manifest(manifest, strict_manifest)
     settings = _settings(profile, seed, precision, config)
     train_classifier(manifest, out, settings, device, max_minutes, resume, devices, num_nodes, strategy)
@@ -307,7 +305,7 @@ def train(
     from coinseg.config import apply_method
     from coinseg.training.gan import train_gan
 
-    _check_common(seed, max_minutes, devices, num_nodes)
+    _check_common(seed, max_minutes)
     if max_steps is not None:
         _require(max_steps >= 1, "--max-steps", max_steps, "must be at least 1")
     _check_manifest(manifest, strict_manifest)
