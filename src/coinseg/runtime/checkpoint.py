@@ -59,30 +59,31 @@ def write_json(data: dict[str, Any], path: Path) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global random state a training step may draw from: torch CPU, torch CUDA (all devices), numpy and
-    Python's ``random``; stored in ``last.pt`` so that ``--resume`` continues exactly."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every global random state a training step on ``device`` may draw from: torch CPU, the CUDA state of that
+    device only (so a run resumes on any number of GPUs), numpy and Python's ``random``; stored in ``last.pt`` so
+    that ``--resume`` continues exactly."""
     import random
 
     import numpy as np
 
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.stack(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(device)[None] if device.type == "cuda" else None,
         "numpy": _numpy_state(np.random.get_state()),
         "python": random.getstate(),
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state` (a CUDA state saved on a GPU machine is ignored on a CPU-only one)."""
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Inverse of :func:`rng_state` on ``device`` (a CUDA state is ignored on the CPU)."""
     import random
 
     import numpy as np
 
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0], device)
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])

@@ -110,20 +110,6 @@ class DataOrder:
         return rows[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
 
 
-def device_rng_state(device: torch.device) -> dict[str, Any]:
-    """:func:`rng_state` with the CUDA state of this process's own device only (resumable on any GPU count)."""
-    state = rng_state()
-    state["cuda"] = torch.cuda.get_rng_state(device)[None] if device.type == "cuda" else None
-    return state
-
-
-def restore_device_rng(state: dict[str, Any], device: torch.device) -> None:
-    """Inverse of :func:`device_rng_state` (a CUDA state is ignored on the CPU, as in :func:`restore_rng`)."""
-    restore_rng({**state, "cuda": None})
-    if state.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"][0], device)
-
-
 def prepare_network(fabric: Fabric, module: nn.Module, channels_last: bool, compile: bool) -> nn.Module:
     """A network made ready for this Fabric, before ``fabric.setup``: BatchNorm synchronised over the processes
     under multi-GPU DDP (so that E+G and the classifier normalise over the global batch, as on one device;
@@ -173,7 +159,7 @@ def resume_from(
     state = load_checkpoint(path)
     hooks.load_state(state)
     order.generator.set_state(state["generator"])
-    restore_device_rng(state["rng"], fabric.device)
+    restore_rng(state["rng"], fabric.device)
     if run is not None:
         run.trim_metrics(state["step"])
         run.log(f"resumed at step {state['step']}")
@@ -260,7 +246,7 @@ def train_loop(
                         **record,
                         **hooks.state(),
                         "generator": order.generator.get_state(),
-                        "rng": device_rng_state(fabric.device),
+                        "rng": rng_state(fabric.device),
                         "step": done,
                         best_key: best,
                     },
