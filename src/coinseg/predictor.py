@@ -17,8 +17,7 @@ from torch import nn
 
 from coinseg.attribution.counterfactual import CounterfactualMaps
 from coinseg.config import DeviceChoice
-from coinseg.data.normalise import normalise
-from coinseg.data.slices import resize
+from coinseg.data.slices import slice_tensor
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation.metrics import difference_map
 from coinseg.method import load_classifier, load_inpainter, probs
@@ -53,10 +52,7 @@ class Predictor:
 
     def inputs(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Raw 2-D slices (HU or grey values, any sizes) -> N x 1 x S x S network inputs in [-1, 1] (CPU)."""
-        size = (self.size, self.size)
-        return torch.cat([resize(torch.from_numpy(normalise(a, self.window))[None, None], size) for a in arrays]).clamp(
-            -1, 1
-        )
+        return torch.stack([slice_tensor(a, self.size, self.window) for a in arrays])[:, None]
 
     def probs(self, images: torch.Tensor, batch: int = 64) -> np.ndarray:
         """f(images) for N x 1 x S x S inputs in [-1, 1] (any device), in batches: N probabilities."""

@@ -44,7 +44,7 @@ class LazySlices:
         positions = range(len(self.entries))[index] if isinstance(index, slice) else index.tolist()
         out = torch.empty(len(positions), 1, self.size, self.size)
         for i, position in enumerate(positions):
-            out[i, 0] = _slice_tensor(read_entry(self.entries[position]), self.size, self.window)
+            out[i, 0] = slice_tensor(read_entry(self.entries[position]), self.size, self.window)
         return out
 
 
@@ -129,13 +129,13 @@ def load_slices(
     for i, entry in enumerate(entries):
         array = read_entry(entry)
         shapes.append((int(array.shape[0]), int(array.shape[1])))
-        images[i, 0] = _slice_tensor(array, size, window)
+        images[i, 0] = slice_tensor(array, size, window)
         if progress is not None:
             progress(1)
     return SliceSet(images, labels, shapes, list(entries))
 
 
-def _slice_tensor(array: np.ndarray, size: int, window: tuple[float, float] | None) -> torch.Tensor:
+def slice_tensor(array: np.ndarray, size: int, window: tuple[float, float] | None) -> torch.Tensor:
     """One H x W slice (HU or grey) -> S x S float32 in [-1, 1]."""
     unit = torch.from_numpy(normalise(array, window))[None, None]
     return resize(unit, (size, size))[0, 0].clamp_(-1.0, 1.0)
