@@ -43,7 +43,7 @@ def test_dataset_masks_land_on_the_known_voxels(
     truth = _kits_study(tmp_path / "kits")
     prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
 
-    def perfect(self: Predictor, arrays: list[np.ndarray], batch: int = 64):  # noqa: ANN202
+    def perfect(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
         maps = [(a > (TUMOUR_HU + KIDNEY_HU) / 2).astype(np.float32) for a in arrays]
         return np.zeros(len(arrays)), np.zeros(len(arrays)), maps
 
@@ -85,7 +85,7 @@ def test_postprocess_removes_small_lesions_in_3d(
     truth = _kits_study(tmp_path / "kits")
     prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
 
-    def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64):  # noqa: ANN202
+    def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
         return np.zeros(len(arrays)), np.zeros(len(arrays)), [(a > 200).astype(np.float32) for a in arrays]
 
     monkeypatch.setattr(Predictor, "run", bright)
@@ -114,7 +114,7 @@ def test_dicom_series_gives_a_nifti_and_a_dicom_seg_on_the_same_voxels(
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         ds.save_as(series / file.stem)  # extension-less names, as PACS exports often are
 
-    def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64):  # noqa: ANN202
+    def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
         return np.zeros(len(arrays)), np.zeros(len(arrays)), [(a > 300).astype(np.float32) for a in arrays]
 
     monkeypatch.setattr(Predictor, "run", bright)

@@ -106,11 +106,15 @@ class DataConfig:
 
     ``window``: an explicit HU window [lo, hi]; when None the fingerprint window (p0.5, p99.5 of foreground
     pixels of the training split) is computed. ``percentiles``: the fingerprint percentiles.
+    ``organ_margin``: when every row of a plain manifest has an organ mask, the networks see a box around each
+    slice's organ (the largest training organ's extent, widened by this fraction of it on each side) instead
+    of the whole slice (:mod:`coinseg.data.crop`); None = whole slices (the paper's setting).
     """
 
     size: int = 64
     window: list[float] | None = None
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    organ_margin: float | None = 0.1
 
 
 @dataclass
@@ -186,7 +190,7 @@ def paper_settings() -> Settings:
     """The paper's recipe (256x256, full widths, ResNet-18, G every 5th step, cyclic term as in the paper)."""
     return Settings(
         profile=Profile.paper,
-        data=DataConfig(size=256),
+        data=DataConfig(size=256, organ_margin=None),
         classifier=ClassifierConfig(
             arch=ClassifierArch.resnet18, widths=[64, 128, 256, 512], batch_size=128, max_steps=1600
         ),
@@ -362,6 +366,8 @@ def check_settings(settings: Settings) -> Settings:
     _pair("data.percentiles", data.percentiles, "lo, hi")
     if not 0.0 <= data.percentiles[0] < data.percentiles[1] <= 100.0:
         raise ConfigError(f"data.percentiles: {data.percentiles!r} must be [a, b] with 0 <= a < b <= 100")
+    if data.organ_margin is not None:
+        _within("data.organ_margin", data.organ_margin, 0.0, 2.0)
     # classifier
     _widths("classifier.widths", clf.widths)
     for key in ("batch_size", "max_steps", "eval_every"):

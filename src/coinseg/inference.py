@@ -33,7 +33,7 @@ import numpy as np
 from coinseg.config import DeviceChoice
 from coinseg.data.manifest import ManifestError, read_manifest
 from coinseg.data.roi import paste_back_values
-from coinseg.data.slices import read_entry
+from coinseg.data.slices import read_entry, read_organ
 from coinseg.data.store import STORE, StoredCase, open_case
 from coinseg.errors import UsageError
 from coinseg.evaluation.metrics import postprocess as clean_mask
@@ -61,7 +61,8 @@ COLUMNS = ["image", "prob", "prob_cf", "mask", "mask_pixels", "case", "lesion_ml
 @dataclass
 class Job:
     """One output. ``image``: a 2-D slice (H x W) or a volume read whole (Z x H x W display slices);
-    ``stored``: a case of a prepared dataset; ``dicom``: the series folder of a DICOM input (for --dicom-seg)."""
+    ``stored``: a case of a prepared dataset; ``dicom``: the series folder of a DICOM input (for --dicom-seg);
+    ``organ``: the slice's organ mask (H x W bool) from a manifest's organ column, for a run that crops."""
 
     name: str
     source: str
@@ -69,6 +70,7 @@ class Job:
     stored: StoredCase | None = None
     case: str = ""
     dicom: Path | None = None
+    organ: np.ndarray | None = None
 
     @property
     def n_slices(self) -> int:
@@ -139,7 +141,9 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
         jobs = []
         for e in entries:
             name = _strip_suffix(e.source) + (f"_z{e.slice:04d}" if e.slice is not None else "")
-            jobs.append(Job(_safe(name), e.source, Image(read_entry(e), intensity_for(e.image))))
+            array = read_entry(e)
+            organ = read_organ(e, array.shape) if e.organ is not None else None
+            jobs.append(Job(_safe(name), e.source, Image(array, intensity_for(e.image)), organ=organ))
         return jobs
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -155,14 +159,15 @@ def _volume_maps(model: Predictor, job: Job, batch: int) -> tuple[np.ndarray, np
     if job.stored is not None:
         stored = job.stored
         slices = [np.asarray(stored.image[n], dtype=np.float32) for n in range(len(stored.image))]
-        probs, probs_cf, diffs = model.run(slices, batch)
+        organs = [np.asarray(o) for o in stored.organ] if stored.organ is not None and model.crop else None
+        probs, probs_cf, diffs = model.run(slices, batch, organs, job.source)
         maps = np.stack(diffs)
         if stored.organ is not None:
             maps = np.where(np.asarray(stored.organ) != 0, maps, 0.0).astype(np.float32)
         return probs, probs_cf, paste_back_values(stored.geometry, maps, 0.0), stored.geometry.affine
     image = job.image
     assert image is not None and image.affine is not None
-    probs, probs_cf, diffs = model.run(list(image.array), batch)
+    probs, probs_cf, diffs = model.run(list(image.array), batch, source=job.source)
     return probs, probs_cf, to_source_volume(np.stack(diffs), image), image.affine
 
 
@@ -192,7 +197,8 @@ def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> di
 
 def _segment_slice(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
     assert job.image is not None
-    probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size)
+    organs = None if job.organ is None else [job.organ]
+    probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size, organs, job.source)
     mask = diffs[0] > rule.cut
     if rule.postprocess:
         mask = clean_mask(mask)

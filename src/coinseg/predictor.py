@@ -1,8 +1,9 @@
 """A trained run ready for inference (nnU-Net calls this a predictor): counterfactual maps, the frozen
 classifier, the intensity window and the network size, and the mask threshold.
 
-For 2-D slices: normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
-|x - x_cf| / 2 resized back (bilinear) to each slice's own size.
+For 2-D slices: cut to the run's organ-centred box when it has one (:mod:`coinseg.data.crop`; the slice's organ
+mask is then needed), normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
+|x - x_cf| / 2 resized back (bilinear) to the box or the whole slice, pasted into a zero map of the slice's size.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from coinseg.attribution.counterfactual import CounterfactualMaps
 from coinseg.config import DeviceChoice
+from coinseg.data.crop import Box, OrganCrop
 from coinseg.data.slices import slice_tensor
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation.metrics import difference_map
@@ -28,7 +30,8 @@ from coinseg.runtime.device import resolve_device
 @dataclass
 class Predictor:
     """A loaded ``coinseg train`` run: counterfactual maps, the frozen classifier, window, intensity kind
-    ("hu" or "unit"), network size in pixels, device, and the threshold calibrated at training time."""
+    ("hu" or "unit"), network size in pixels, device, the threshold calibrated at training time and the
+    organ-centred box (None: whole slices)."""
 
     maps: CounterfactualMaps
     classifier: nn.Module
@@ -37,6 +40,7 @@ class Predictor:
     size: int
     device: torch.device
     auto_threshold: float | None = None
+    crop: OrganCrop | None = None
 
     def threshold(self, value: float | None) -> float:
         """The mask threshold: ``value`` (from :func:`parse_threshold`), or for None (``auto``) the noise floor
@@ -50,34 +54,64 @@ class Predictor:
             )
         return self.auto_threshold
 
-    def inputs(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        """Raw 2-D slices (HU or grey values, any sizes) -> N x 1 x S x S network inputs in [-1, 1] (CPU)."""
+    def boxes(self, organs: list[np.ndarray] | None, source: str = "the input") -> list[Box] | None:
+        """Each slice's box from its organ mask (H x W, nonzero = organ) when the run crops; None when it does
+        not. A cropping run without organ masks is an error naming ``source``."""
+        if self.crop is None:
+            return None
+        if organs is None:
+            raise RunError(
+                f"{source}: this run was trained on organ-centred crops and needs each slice's organ mask; "
+                "give a manifest with an organ column (or a prepared dataset with organs)"
+            )
+        return [self.crop.box(organ) for organ in organs]
+
+    def inputs(self, arrays: list[np.ndarray], boxes: list[Box] | None = None) -> torch.Tensor:
+        """Raw 2-D slices (HU or grey values, any sizes), cut to ``boxes`` when given -> N x 1 x S x S network
+        inputs in [-1, 1] (CPU)."""
+        if boxes is not None:
+            arrays = [OrganCrop.cut(a, box) for a, box in zip(arrays, boxes, strict=True)]
         return torch.stack([slice_tensor(a, self.size, self.window) for a in arrays])[:, None]
 
     def probs(self, images: torch.Tensor, batch: int = 64) -> np.ndarray:
         """f(images) for N x 1 x S x S inputs in [-1, 1] (any device), in batches: N probabilities."""
         return probs(self.classifier, images, self.device, batch)
 
-    def run(self, arrays: list[np.ndarray], batch: int = 64) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1])."""
+    def run(
+        self,
+        arrays: list[np.ndarray],
+        batch: int = 64,
+        organs: list[np.ndarray] | None = None,
+        source: str = "the input",
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Raw 2-D slices (and their organ masks, needed by a cropping run) -> (f(x), f(x_cf), difference maps at
+        each slice's own size, float32 in [0, 1])."""
+        boxes = self.boxes(organs, source)
         p, p_cf, diffs = [], [], []
         for start in range(0, len(arrays), batch):
             chunk = arrays[start : start + batch]
-            x = self.inputs(chunk).to(self.device)
+            chunk_boxes = None if boxes is None else boxes[start : start + batch]
+            x = self.inputs(chunk, chunk_boxes).to(self.device)
             x_cf = self.maps.counterfactual(x)
             p.append(self.probs(x, batch))
             p_cf.append(self.probs(x_cf, batch))
-            diffs.extend(to_original_size(difference_map(x, x_cf), [a.shape for a in chunk]))
+            diffs.extend(to_original_size(difference_map(x, x_cf), [a.shape for a in chunk], chunk_boxes))
         return np.concatenate(p), np.concatenate(p_cf), diffs
 
 
-def to_original_size(maps: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """B x 1 x S x S maps -> list of H_i x W_i float32 arrays (bilinear), one per original slice shape."""
+def to_original_size(
+    maps: torch.Tensor, shapes: list[tuple[int, ...]], boxes: list[Box] | None = None
+) -> list[np.ndarray]:
+    """B x 1 x S x S maps -> list of H_i x W_i float32 arrays, one per original slice shape: resized (bilinear)
+    to the whole slice, or to its box (``boxes``) and pasted into a zero map at the box's pixel offsets."""
     maps = maps.float().cpu()
-    return [
-        F.interpolate(maps[i : i + 1], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
-        for i, shape in enumerate(shapes)
-    ]
+    out = []
+    for i, shape in enumerate(shapes):
+        box = None if boxes is None else boxes[i]
+        target = tuple(shape) if box is None else (box[2], box[3])
+        sized = F.interpolate(maps[i : i + 1], size=target, mode="bilinear", align_corners=False)[0, 0].numpy()
+        out.append(sized if box is None else OrganCrop.paste(sized, box, tuple(shape)))
+    return out
 
 
 def load_predictor(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto) -> Predictor:
@@ -94,7 +128,10 @@ def load_predictor(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto
     classifier = classifier.to(target)
     maps = CounterfactualMaps(ckpt["method"], inpainter.to(target), settings.gan, classifier)
     window = tuple(ckpt["window"]) if ckpt["window"] else None
-    return Predictor(maps, classifier, window, ckpt["intensity"], ckpt["size"], target, ckpt.get("auto_threshold"))
+    crop = OrganCrop.from_json(ckpt.get("crop"))
+    return Predictor(
+        maps, classifier, window, ckpt["intensity"], ckpt["size"], target, ckpt.get("auto_threshold"), crop
+    )
 
 
 def parse_threshold(value: float | str) -> float | None:

@@ -10,8 +10,8 @@ import pytest
 
 from coinseg.data.build import PrepareOptions, prepare_study
 from coinseg.data.manifest import read_manifest
-from coinseg.data.store import open_case
-from coinseg.evaluation.cases import from_store, score_cases
+from coinseg.data.store import from_store, open_case
+from coinseg.evaluation.cases import score_cases
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_fixtures = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data fixtures not present")

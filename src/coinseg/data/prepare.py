@@ -5,20 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coinseg.data.crop import OrganCrop
 from coinseg.data.manifest import duplicate_problems, read_manifest, training_splits
-from coinseg.data.slices import SliceSet, compute_window, intensity_of, load_slices
+from coinseg.data.slices import SliceSet, compute_window, fit_entries_crop, intensity_of, load_slices
+from coinseg.data.store import from_store
 from coinseg.runtime.console import progress_bar
 
 
 @dataclass
 class Prepared:
-    """``window``: (lo, hi) HU, or None for grey-value inputs (``intensity == "unit"``)."""
+    """``window``: (lo, hi) HU, or None for grey-value inputs (``intensity == "unit"``); ``crop``: the
+    organ-centred box the slices were cut to, or None (whole slices)."""
 
     train: SliceSet
     val: SliceSet
     test: SliceSet | None
     window: tuple[float, float] | None
     intensity: str
+    crop: OrganCrop | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -28,10 +32,17 @@ def prepare_data(
     percentiles: list[float],
     window: tuple[float, float] | None = None,
     seed: int = 0,
+    organ_margin: float | None = None,
+    crop: OrganCrop | None = None,
 ) -> Prepared:
     """Read and validate ``manifest``, compute the window from the training split (unless ``window`` is given,
-    e.g. the classifier's, which a GAN must reuse) and load every split at ``size x size``. ``notes``: what the
-    run log should say (a held-out validation split; duplicate rows and images in two splits, as warnings)."""
+    e.g. the classifier's, which a GAN must reuse) and load every split at ``size x size``.
+
+    Organ-centred crop: ``crop`` given (the classifier's, for a GAN) is used as it is; else, with
+    ``organ_margin`` not None and an organ mask on every row of a plain manifest (not a ``coinseg prepare``
+    store, whose slices are organ-centred already), a box is fitted on the training split
+    (:func:`coinseg.data.crop.fit_crop`). ``notes``: what the run log should say (a held-out validation split;
+    the crop; duplicate rows and images in two splits, as warnings)."""
     entries = read_manifest(manifest)
     train, val, note = training_splits(entries, manifest)
     test = [e for e in entries if e.split == "test"]
@@ -40,10 +51,15 @@ def prepare_data(
         window = None
     elif window is None:
         window = compute_window(train, percentiles, seed)
+    notes = [note] if note else []
+    if crop is None and organ_margin is not None and all(e.organ for e in entries) and not from_store(entries):
+        crop = fit_entries_crop(train, organ_margin)
+    if crop is not None:
+        notes.append(f"organ-centred crop: {crop.height} x {crop.width} px around each slice's organ")
     sets = {}
     with progress_bar("loading slices", len(train) + len(val) + len(test)) as (progress, task):
         for name, chosen in (("train", train), ("val", val), ("test", test)):
             if chosen:
-                sets[name] = load_slices(chosen, size, window, lambda n: progress.advance(task, n))
-    notes = ([note] if note else []) + [f"warning: {problem}" for problem in duplicate_problems(entries, manifest)]
-    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, notes)
+                sets[name] = load_slices(chosen, size, window, lambda n: progress.advance(task, n), crop)
+    notes += [f"warning: {problem}" for problem in duplicate_problems(entries, manifest)]
+    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, crop, notes)

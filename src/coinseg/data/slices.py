@@ -1,8 +1,9 @@
 """Manifest entries -> in-memory slice tensors at the profile size (a frozen, pre-extracted slice set).
 
-All slices of a split are read once, normalised with the stored window and resized to ``size x size``
-(bilinear, antialiased; the aspect ratio is not kept, as in the paper). Original sizes are kept so masks can be
-mapped back to each input's own resolution.
+All slices of a split are read once, cut to the run's organ-centred box when it has one
+(:mod:`coinseg.data.crop`), normalised with the stored window and resized to ``size x size`` (bilinear,
+antialiased; the aspect ratio is not kept, as in the paper). Original sizes are kept so masks can be mapped back
+to each input's own resolution.
 
 A large split held in memory-mapped ``.npy`` stores (``coinseg prepare``) is not loaded: its ``images`` is a
 :class:`LazySlices` view that reads, normalises and resizes only the slices indexed, so RSS does not grow with
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from coinseg.data.crop import OrganCrop, fit_crop
 from coinseg.data.manifest import Entry, ManifestError
 from coinseg.data.normalise import fingerprint_window, normalise
 from coinseg.io.images import Image, ImageReadError, intensity_for, read_image, suffix_of
@@ -32,8 +34,10 @@ class LazySlices:
     """N x 1 x S x S float32 in [-1, 1], read on indexing: ``view[idx]`` with a LongTensor of indices, a slice
     or an int (like a tensor: B x 1 x S x S, or 1 x S x S for an int); ``len(view)`` = N."""
 
-    def __init__(self, entries: list[Entry], size: int, window: tuple[float, float] | None) -> None:
-        self.entries, self.size, self.window = entries, size, window
+    def __init__(
+        self, entries: list[Entry], size: int, window: tuple[float, float] | None, crop: OrganCrop | None = None
+    ) -> None:
+        self.entries, self.size, self.window, self.crop = entries, size, window, crop
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -44,7 +48,7 @@ class LazySlices:
         positions = range(len(self.entries))[index] if isinstance(index, slice) else index.tolist()
         out = torch.empty(len(positions), 1, self.size, self.size)
         for i, position in enumerate(positions):
-            out[i, 0] = slice_tensor(read_entry(self.entries[position]), self.size, self.window)
+            out[i] = entry_tensor(self.entries[position], self.size, self.window, self.crop)[0]
         return out
 
 
@@ -101,6 +105,21 @@ def compute_window(train: list[Entry], percentiles: list[float], seed: int = 0) 
         raise ManifestError(f"{train[0].source} and the other training rows: {exc}") from None
 
 
+def read_organ(entry: Entry, shape: tuple[int, ...]) -> np.ndarray:
+    """The entry's organ mask (bool, the image's ``shape``); a row without one is an error."""
+    if entry.organ is None:
+        raise ManifestError(f"row {entry.row} ({entry.source}): no organ mask; this run crops around the organ")
+    organ = read_entry(entry, entry.organ) > 0
+    if organ.shape != tuple(shape):
+        raise ManifestError(f"row {entry.row} ({entry.organ}): organ shape {organ.shape} != image shape {shape}")
+    return organ
+
+
+def fit_entries_crop(train: list[Entry], margin: float) -> OrganCrop | None:
+    """The organ-centred box for a run (:func:`coinseg.data.crop.fit_crop`) from every training row's organ."""
+    return fit_crop((read_organ(e, _shape(e)) for e in train), margin)
+
+
 def resize(batch: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """B x C x H x W -> B x C x size; bilinear is antialiased when shrinking, nearest for masks."""
     if tuple(batch.shape[-2:]) == size:
@@ -115,24 +134,37 @@ def load_slices(
     size: int,
     window: tuple[float, float] | None,
     progress: Callable[[int], None] | None = None,
+    crop: OrganCrop | None = None,
 ) -> SliceSet:
-    """Read, normalise (``window`` None = grey values) and resize every entry to ``size x size``; a large split
-    of ``.npy`` stores becomes a :class:`LazySlices` view instead (nothing read but the array headers)."""
+    """Read, crop (with ``crop``), normalise (``window`` None = grey values) and resize every entry to
+    ``size x size``; a large split of ``.npy`` files becomes a :class:`LazySlices` view instead (nothing read
+    but the array headers)."""
     labels = torch.tensor([float(e.label) for e in entries])
     if len(entries) * size * size * 4 > LAZY_BYTES and all(suffix_of(e.image) == ".npy" for e in entries):
-        shapes = [_stored_shape(e) for e in entries]
+        shapes = [_shape(e) for e in entries]
         if progress is not None:
             progress(len(entries))
-        return SliceSet(LazySlices(list(entries), size, window), labels, shapes, list(entries))
+        return SliceSet(LazySlices(list(entries), size, window, crop), labels, shapes, list(entries))
     images = torch.empty(len(entries), 1, size, size)
     shapes = []
     for i, entry in enumerate(entries):
-        array = read_entry(entry)
-        shapes.append((int(array.shape[0]), int(array.shape[1])))
-        images[i, 0] = slice_tensor(array, size, window)
+        images[i], shape = entry_tensor(entry, size, window, crop)
+        shapes.append(shape)
         if progress is not None:
             progress(1)
     return SliceSet(images, labels, shapes, list(entries))
+
+
+def entry_tensor(
+    entry: Entry, size: int, window: tuple[float, float] | None, crop: OrganCrop | None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One entry -> (1 x S x S network input in [-1, 1], the slice's own (H, W)); cut to the organ's box first
+    when ``crop`` is given."""
+    array = read_entry(entry)
+    shape = (int(array.shape[0]), int(array.shape[1]))
+    if crop is not None:
+        array = crop.cut(array, crop.box(read_organ(entry, shape)))
+    return slice_tensor(array, size, window)[None], shape
 
 
 def slice_tensor(array: np.ndarray, size: int, window: tuple[float, float] | None) -> torch.Tensor:
@@ -141,8 +173,9 @@ def slice_tensor(array: np.ndarray, size: int, window: tuple[float, float] | Non
     return resize(unit, (size, size))[0, 0].clamp_(-1.0, 1.0)
 
 
-def _stored_shape(entry: Entry) -> tuple[int, int]:
-    image = cached_image(entry.image)  # a memory map: only the header is read
+def _shape(entry: Entry) -> tuple[int, int]:
+    """(H, W) of the entry's slice; of a ``.npy`` file only the header is read (a memory map)."""
+    image = cached_image(entry.image)
     return int(image.array.shape[-2]), int(image.array.shape[-1])
 
 

@@ -33,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from coinseg.data.manifest import Entry
 from coinseg.data.roi import CaseGeometry
 from coinseg.io.files import atomic_file
 
 STORE = "store"
+GEOMETRY = "geometry.json"
 MANIFEST_COLUMNS = ("image", "label", "split", "slice", "case", "mask", "organ")
 
 
@@ -70,12 +72,23 @@ def write_case(
     np.save(folder / "lesion.npy", np.asarray(lesion, dtype=np.uint8))
     if organ is not None:
         np.save(folder / "organ.npy", np.asarray(organ, dtype=np.uint8))
-    (folder / "geometry.json").write_text(json.dumps(geometry.to_json(), indent=1))
+    (folder / GEOMETRY).write_text(json.dumps(geometry.to_json(), indent=1))
     return folder
 
 
 def read_geometry(dataset_dir: Path, case: str) -> CaseGeometry:
-    return CaseGeometry.from_json(json.loads((case_folder(dataset_dir, case) / "geometry.json").read_text()))
+    return CaseGeometry.from_json(json.loads((case_folder(dataset_dir, case) / GEOMETRY).read_text()))
+
+
+def store_folder(entry: Entry) -> Path | None:
+    """The store folder of a manifest entry that points into a ``coinseg prepare`` store (else None)."""
+    folder = entry.image.parent
+    return folder if entry.slice is not None and (folder / GEOMETRY).is_file() else None
+
+
+def from_store(entries: list[Entry]) -> bool:
+    """True when every entry is a slice of a prepared store."""
+    return bool(entries) and all(store_folder(e) is not None for e in entries)
 
 
 def open_case(dataset_dir: Path, case: str) -> StoredCase:

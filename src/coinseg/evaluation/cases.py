@@ -17,9 +17,8 @@ import numpy as np
 
 from coinseg.data.manifest import Entry
 from coinseg.data.roi import CaseGeometry, paste_back, paste_back_values
+from coinseg.data.store import GEOMETRY, store_folder
 from coinseg.evaluation.volume import VolumeScore, remove_small_lesions, score_volume, spacing_from_affine
-
-GEOMETRY = "geometry.json"
 
 
 @dataclass
@@ -37,17 +36,6 @@ class CaseMasks:
         """The stored CT (HU, injected lesions included) pasted into the source grid, -1024 HU elsewhere."""
         stored = np.load(self.folder / "image.npy", mmap_mode="r")
         return paste_back_values(self.geometry, np.asarray(stored, dtype=np.float32), -1024.0)
-
-
-def store_folder(entry: Entry) -> Path | None:
-    """The store folder of a manifest entry that points into a ``coinseg prepare`` store (else None)."""
-    folder = entry.image.parent
-    return folder if entry.slice is not None and (folder / GEOMETRY).is_file() else None
-
-
-def from_store(entries: list[Entry]) -> bool:
-    """True when every entry is a slice of a prepared store (per-volume scores are then possible)."""
-    return bool(entries) and all(store_folder(e) is not None for e in entries)
 
 
 def score_cases(

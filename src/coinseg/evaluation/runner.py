@@ -25,10 +25,11 @@ from coinseg.attribution import build_attributor
 from coinseg.config import DeviceChoice
 from coinseg.data.manifest import Entry, read_manifest, select_split
 from coinseg.data.normalise import normalise
-from coinseg.data.slices import load_mask, read_entry
+from coinseg.data.slices import load_mask, read_entry, read_organ
+from coinseg.data.store import from_store
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation import fid as fid_lib
-from coinseg.evaluation.cases import CaseMasks, from_store, score_cases
+from coinseg.evaluation.cases import CaseMasks, score_cases
 from coinseg.evaluation.metrics import (
     SegmentationTally,
     accuracy_auroc,
@@ -70,8 +71,9 @@ def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
 
 
 def _check_compatible(model: Predictor, other: Predictor, run_dir: Path, other_dir: Path) -> None:
-    """Two runs scored on the same inputs must share window, size and intensity kind (and so the same slices)."""
-    for what in ("window", "size", "intensity"):
+    """Two runs scored on the same inputs must share window, size, intensity kind and organ crop (and so the
+    same slices)."""
+    for what in ("window", "size", "intensity", "crop"):
         if getattr(model, what) != getattr(other, what):
             raise RunError(
                 f"{other_dir}: {what} {getattr(other, what)} differs from {run_dir}'s {getattr(model, what)}; "
@@ -179,7 +181,10 @@ def evaluate(
     shapes = [a.shape for a in arrays]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     labels = np.array([e.label for e in entries])
-    x = model.inputs(arrays)
+    cropped = model.crop is not None and all(e.organ is not None for e in entries)
+    crop_organs = [read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)] if cropped else None
+    boxes = model.boxes(crop_organs, str(manifest))
+    x = model.inputs(arrays, boxes)
     probs = model.probs(x, batch_size)
     accuracy, auroc = accuracy_auroc(labels, probs)
 
@@ -229,7 +234,7 @@ def evaluate(
                 cut = saliency_threshold
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
-            sized = to_original_size(maps, shapes)
+            sized = to_original_size(maps, shapes, boxes)
             if organs is not None:  # as `segment` writes them: nothing outside the organ
                 sized = [np.where(organ, m, 0.0) for m, organ in zip(sized, organs, strict=True)]
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned)

@@ -83,3 +83,14 @@ def make_fabric(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return fabric
+
+
+def close_fabric(fabric: Fabric) -> None:
+    """End a multi-process run on every rank: wait for all ranks, then shut the process group down.
+
+    Call it on the normal path only (a rank that failed would leave the others waiting). A gloo group left for
+    the interpreter's exit to tear down can abort a rank ("terminate called without an active exception").
+    """
+    if fabric.world_size > 1 and torch.distributed.is_initialized():
+        fabric.barrier()
+        torch.distributed.destroy_process_group()

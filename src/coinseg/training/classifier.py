@@ -25,7 +25,7 @@ from coinseg.method import load_classifier, probs
 from coinseg.models.classifier import build_classifier
 from coinseg.reporting.figures import progress_plot
 from coinseg.runtime.checkpoint import write_json
-from coinseg.runtime.device import make_fabric
+from coinseg.runtime.device import close_fabric, make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
 from coinseg.training.augment import random_affine, warp
 from coinseg.training.loop import (
@@ -142,10 +142,19 @@ def train_classifier(
     RunDir.check(out, resume)
     fabric = make_fabric(device, settings.precision, devices, num_nodes, strategy)
     fixed = tuple(settings.data.window) if settings.data.window else None
-    data = prepare_data(manifest, settings.data.size, settings.data.percentiles, fixed, settings.seed)  # type: ignore[arg-type]
+    data = prepare_data(
+        manifest,
+        settings.data.size,
+        settings.data.percentiles,
+        fixed,  # type: ignore[arg-type]
+        settings.seed,
+        organ_margin=settings.data.organ_margin,
+    )
     run = on_rank_zero_first(fabric, lambda: RunDir(out, settings, resume, "classifier-run", (manifest,)))
     try:
-        return _train(fabric, run, data, manifest, out, settings, max_minutes, resume)
+        result = _train(fabric, run, data, manifest, out, settings, max_minutes, resume)
+        close_fabric(fabric)
+        return result
     finally:
         if run is not None:
             run.close()
@@ -192,6 +201,7 @@ def _train(
         "widths": list(cfg.widths),
         "size": settings.data.size,
         "window": list(data.window) if data.window else None,
+        "crop": data.crop.to_json() if data.crop else None,
         "intensity": data.intensity,
         "settings": settings_to_dict(settings),
         "versions": versions(),

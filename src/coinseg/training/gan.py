@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from coinseg import losses
 from coinseg.config import Conditioning, Cyclic, DeviceChoice, GanConfig, Settings, settings_to_dict
+from coinseg.data.crop import OrganCrop
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.errors import RunError
@@ -37,7 +38,7 @@ from coinseg.io.files import atomic_file
 from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
 from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
-from coinseg.runtime.device import make_fabric
+from coinseg.runtime.device import close_fabric, make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
 from coinseg.training.loop import (
     Cadences,
@@ -338,7 +339,8 @@ def train_gan(
             f"{settings.data.size} px; train both with the same profile"
         )
     window = tuple(clf_ckpt["window"]) if clf_ckpt["window"] else None
-    data = prepare_data(manifest, settings.data.size, settings.data.percentiles, window, settings.seed)
+    crop = OrganCrop.from_json(clf_ckpt.get("crop"))  # None for whole slices (and classifiers before crops)
+    data = prepare_data(manifest, settings.data.size, settings.data.percentiles, window, settings.seed, crop=crop)
     if data.intensity != clf_ckpt["intensity"]:
         raise RunError(
             f"{manifest}: images are {data.intensity} but the classifier was trained on {clf_ckpt['intensity']}"
@@ -357,7 +359,9 @@ def train_gan(
 
     run = on_rank_zero_first(fabric, claim)
     try:
-        return _train(fabric, run, data, classifier, out, settings, max_minutes, resume)
+        result = _train(fabric, run, data, classifier, out, settings, max_minutes, resume)
+        close_fabric(fabric)
+        return result
     finally:
         if run is not None:
             run.close()
@@ -393,6 +397,7 @@ def _train(
         "method": cfg.method.value,
         "size": settings.data.size,
         "window": list(data.window) if data.window else None,
+        "crop": data.crop.to_json() if data.crop else None,
         "intensity": data.intensity,
         "settings": settings_to_dict(settings),
         "versions": versions(),

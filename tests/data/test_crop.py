@@ -1,0 +1,134 @@
+"""Organ-centred crops (coinseg.data.crop): the box rule, the exact way back, and a cropping run end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coinseg.cli import app
+from coinseg.config import Settings, save_settings
+from coinseg.data.crop import OrganCrop, fit_crop
+from coinseg.predictor import Predictor
+
+
+def organ_at(shape: tuple[int, int], rows: slice, cols: slice) -> np.ndarray:
+    organ = np.zeros(shape, bool)
+    organ[rows, cols] = True
+    return organ
+
+
+def test_box_is_centred_on_the_organ_and_kept_inside_the_image() -> None:
+    crop = OrganCrop(10, 16)
+    # organ rows 20..29, cols 40..49: centre (25, 45) -> top 20, left 37
+    assert crop.box(organ_at((60, 80), slice(20, 30), slice(40, 50))) == (20, 37, 10, 16)
+    # organ against the bottom-right corner: the box is shifted inside
+    assert crop.box(organ_at((60, 80), slice(55, 60), slice(76, 80))) == (50, 64, 10, 16)
+    # no organ pixel: centred on the image
+    assert crop.box(np.zeros((60, 80), bool)) == (25, 32, 10, 16)
+    # an image smaller than the box: the box is the whole image along that axis
+    assert crop.box(organ_at((8, 80), slice(2, 4), slice(0, 3))) == (0, 0, 8, 16)
+
+
+def test_fit_takes_the_largest_extent_plus_the_margin() -> None:
+    organs = [organ_at((60, 80), slice(10, 20), slice(5, 25)), organ_at((60, 80), slice(0, 30), slice(0, 4))]
+    assert fit_crop(organs, 0.1) == OrganCrop(36, 24)  # ceil(30 * 1.2), ceil(20 * 1.2)
+    assert fit_crop(organs, 0.0) == OrganCrop(30, 20)
+    assert fit_crop([np.zeros((5, 5), bool)], 0.1) is None
+
+
+def test_paste_puts_box_pixels_at_their_slice_pixels() -> None:
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = OrganCrop.paste(values, (5, 7, 3, 4), (10, 12))
+    assert out.shape == (10, 12) and out[5, 7] == 0 and out[7, 10] == 11 and out.sum() == values.sum()
+    with pytest.raises(ValueError):
+        OrganCrop.paste(values, (5, 7, 4, 4), (10, 12))
+
+
+class RemoveAll:
+    """A stand-in counterfactual that turns every pixel to -1 (the window's floor): the difference map is then
+    (x + 1) / 2, i.e. 1 exactly where the input is at the window's top."""
+
+    name = "stub"
+
+    def counterfactual(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, -1.0)
+
+
+class Zero(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x), 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "organ_rows", "organ_cols"),
+    [
+        ((40, 50), slice(10, 20), slice(30, 42)),
+        ((37, 61), slice(30, 37), slice(55, 61)),
+        ((16, 20), slice(0, 3), slice(0, 2)),
+    ],
+    ids=["inside", "against-the-corner", "box-the-image-height"],
+)
+def test_a_lesion_comes_back_at_its_own_pixels(shape: tuple[int, int], organ_rows: slice, organ_cols: slice) -> None:
+    """A box of the network's size (16 x 16, no resizing): pixels at the window's top come back exactly there."""
+    model = Predictor(RemoveAll(), Zero(), (0.0, 100.0), "hu", 16, torch.device("cpu"), crop=OrganCrop(16, 16))  # type: ignore[arg-type]
+    organ = organ_at(shape, organ_rows, organ_cols)
+    image = np.zeros(shape, np.float32)
+    lesion = organ.copy()
+    lesion[np.flatnonzero(organ.any(1))[1:], :] = False  # the organ's first row only
+    lesion[:, np.flatnonzero(organ.any(0))[::2]] = False  # every other column of it
+    image[lesion] = 100.0
+    _, _, maps = model.run([image], organs=[organ])
+    assert maps[0].shape == shape
+    np.testing.assert_array_equal(maps[0] > 0.5, lesion)
+    top, left, h, w = model.crop.box(organ)  # type: ignore[union-attr]
+    outside = np.ones(shape, bool)
+    outside[top : top + h, left : left + w] = False
+    assert not maps[0][outside].any()
+
+
+def test_a_cropping_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
+    settings = tiny
+    settings.data.organ_margin = 0.1
+    config = tmp_path / "crop.yaml"
+    save_settings(settings, config)
+    runner = CliRunner()
+
+    def invoke(*args: object) -> str:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return str(result.output)
+
+    common = ("--config", config, "--device", "cpu")
+    invoke("train-classifier", tiny_data, "--out", tmp_path / "clf", *common)
+    invoke("train", tiny_data, "--classifier", tmp_path / "clf", "--out", tmp_path / "gan", *common)
+    clf = torch.load(tmp_path / "clf" / "checkpoints" / "best.pt", weights_only=True)
+    gan = torch.load(tmp_path / "gan" / "checkpoints" / "best.pt", weights_only=True)
+    assert clf["crop"] is not None and gan["crop"] == clf["crop"]
+    assert "organ-centred crop" in (tmp_path / "clf" / "log.txt").read_text()
+    invoke("evaluate", tmp_path / "gan", tiny_data, "--out", tmp_path / "ev", "--device", "cpu")
+
+    invoke("segment", tmp_path / "gan", tiny_data, "--out", tmp_path / "seg", "--threshold", "0", "--device", "cpu")
+    crop = OrganCrop.from_json(gan["crop"])
+    assert crop is not None
+    rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
+    test = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
+    assert len(rows) == len(test) > 0
+    from PIL import Image as PILImage
+
+    for row, entry in zip(rows, test, strict=True):
+        organ = np.load(tiny_data.parent / entry["organ"]) > 0
+        mask = np.asarray(PILImage.open(tmp_path / "seg" / row["mask"])) > 0
+        top, left, h, w = crop.box(organ)
+        assert mask.shape == organ.shape
+        mask[top : top + h, left : left + w] = False
+        assert not mask.any()  # nothing outside the slice's box
+
+    lone = tmp_path / "lone.npy"
+    np.save(lone, np.load(tiny_data.parent / test[0]["image"]))
+    result = runner.invoke(app, ["segment", str(tmp_path / "gan"), str(lone), "--out", str(tmp_path / "s2")])
+    assert result.exit_code == 2 and "organ-centred crops" in result.output
