@@ -14,10 +14,8 @@ from coinseg.config import Settings, apply_method, save_settings, settings_from_
 # over 10 minutes at load 12 with the default and about one minute with one thread.
 torch.set_num_threads(1)
 
-# Whole slices (no organ-centred crop): these runs also segment lone images and volumes, which a cropping run
-# refuses for want of organ masks; tests/data/test_crop.py trains and uses a cropping run.
 TINY = {
-    "data": {"size": 32, "organ_margin": None},
+    "data": {"size": 32},
     "classifier": {"max_steps": 6, "eval_every": 3, "batch_size": 8, "widths": [4, 8]},
     "gan": {
         "max_steps": 4,

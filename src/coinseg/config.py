@@ -106,15 +106,17 @@ class DataConfig:
 
     ``window``: an explicit HU window [lo, hi]; when None the fingerprint window (p0.5, p99.5 of foreground
     pixels of the training split) is computed. ``percentiles``: the fingerprint percentiles.
-    ``organ_margin``: when every row of a plain manifest has an organ mask, the networks see a box around each
-    slice's organ (the largest training organ's extent, widened by this fraction of it on each side) instead
-    of the whole slice (:mod:`coinseg.data.crop`); None = whole slices (the paper's setting).
+    ``organ_margin``: when set and every row of a plain manifest has an organ mask, the networks see a box around
+    each slice's organ (the largest training organ's extent, widened by this fraction of it on each side)
+    instead of the whole slice (:mod:`coinseg.data.crop`); None = whole slices (the paper's setting, and the
+    default: on the generalization suite the crop let the GAN hide lesions by brightening the whole organ,
+    see benchmarks/RESULTS.md).
     """
 
     size: int = 64
     window: list[float] | None = None
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    organ_margin: float | None = 0.1
+    organ_margin: float | None = None
 
 
 @dataclass
@@ -190,7 +192,7 @@ def paper_settings() -> Settings:
     """The paper's recipe (256x256, full widths, ResNet-18, G every 5th step, cyclic term as in the paper)."""
     return Settings(
         profile=Profile.paper,
-        data=DataConfig(size=256, organ_margin=None),
+        data=DataConfig(size=256),
         classifier=ClassifierConfig(
             arch=ClassifierArch.resnet18, widths=[64, 128, 256, 512], batch_size=128, max_steps=1600
         ),

@@ -1,10 +1,10 @@
 """Organ-centred crops of 2-D slices, and the exact way back.
 
-When a plain manifest gives an ``organ`` mask for every row, the networks see a box around the organ instead of
-the whole slice, so a lesion is several times larger in the network's input (on the generalization suite's real
+With ``data.organ_margin`` set (off by default) and an ``organ`` mask on every row of a plain manifest, the
+networks see a box around the organ instead of the whole slice, so a lesion is several times larger in the network's input (on the generalization suite's real
 CT, a kidney lesion of 8-20 mm is 1.3-3.4 px wide when the whole 244 px slice is squeezed to 64 px; the perfect
-counterfactual then reaches pooled IoU 0.38, against 0.60 through a box around the kidneys: see
-``benchmarks/RESULTS.md``).
+counterfactual then reaches pooled IoU 0.38, against 0.61 through the box; but COIN's own masks got worse, the
+GAN hiding lesions by brightening the whole organ: see ``benchmarks/RESULTS.md``).
 
 The box has one size for the whole run, in pixels, chosen on the training split (:func:`fit_crop`): the largest
 organ bounding box over the training slices, widened by ``margin`` of its side on each side. Each slice is cut
