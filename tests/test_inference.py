@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from coinseg.data.build import PrepareOptions, prepare_study
+from coinseg.data.store import open_case
 from coinseg.inference import segment
 from coinseg.predictor import Predictor
 
@@ -45,7 +46,7 @@ def test_dataset_masks_land_on_the_known_voxels(
 
     def perfect(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
         maps = [(a > (TUMOUR_HU + KIDNEY_HU) / 2).astype(np.float32) for a in arrays]
-        return np.zeros(len(arrays)), np.zeros(len(arrays)), maps
+        return np.ones(len(arrays)), np.zeros(len(arrays)), maps
 
     monkeypatch.setattr(Predictor, "run", perfect)
     out = tmp_path / "seg"
@@ -67,7 +68,7 @@ def test_dataset_masks_land_on_the_known_voxels(
 def test_totalsegmentator_subject_gives_one_mask_in_the_ct_geometry(coin_run: Path, tmp_path: Path) -> None:
     prepare_study(SHARED / "totalsegmentator-mini", tmp_path / "ds", PrepareOptions(inject=True), lambda _: None)
     out = tmp_path / "seg"
-    segment(coin_run, tmp_path / "ds", out, split="all", device="cpu", threshold=0.0)
+    segment(coin_run, tmp_path / "ds", out, split="all", device="cpu", threshold=0.0, gate=False)
     ct = nib.load(SHARED / "totalsegmentator-mini" / "s0001" / "ct.nii.gz")
     mask = nib.load(out / "masks" / "s0001.nii.gz")
     assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine)
@@ -86,7 +87,7 @@ def test_postprocess_removes_small_lesions_in_3d(
     prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
 
     def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
-        return np.zeros(len(arrays)), np.zeros(len(arrays)), [(a > 200).astype(np.float32) for a in arrays]
+        return np.ones(len(arrays)), np.zeros(len(arrays)), [(a > 200).astype(np.float32) for a in arrays]
 
     monkeypatch.setattr(Predictor, "run", bright)
     tumour_mm3 = min(t.sum() for t in truth.values()) * 1.5 * 1.5 * 3.0
@@ -115,7 +116,7 @@ def test_dicom_series_gives_a_nifti_and_a_dicom_seg_on_the_same_voxels(
         ds.save_as(series / file.stem)  # extension-less names, as PACS exports often are
 
     def bright(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
-        return np.zeros(len(arrays)), np.zeros(len(arrays)), [(a > 300).astype(np.float32) for a in arrays]
+        return np.ones(len(arrays)), np.zeros(len(arrays)), [(a > 300).astype(np.float32) for a in arrays]
 
     monkeypatch.setattr(Predictor, "run", bright)
     out = tmp_path / "seg"
@@ -144,3 +145,30 @@ def test_an_unfinished_run_is_named_when_used(coin_run: Path, tmp_path: Path, ca
     assert "training did not finish" in capsys.readouterr().err
     load_predictor(coin_run, "cpu")
     assert "did not finish" not in capsys.readouterr().err
+
+
+def test_gate_leaves_slices_called_normal_without_a_mask(
+    coin_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the gate (default) a slice whose f(x) < 0.5 gets no mask voxel, whatever its map; --no-gate keeps them."""
+    _kits_study(tmp_path / "kits")
+    prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
+
+    def every_other(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
+        probs = np.arange(len(arrays)) % 2 * 1.0  # slices 1, 3, 5, ... called abnormal
+        return probs, np.zeros(len(arrays)), [np.ones(a.shape, np.float32) for a in arrays]
+
+    monkeypatch.setattr(Predictor, "run", every_other)
+    gated, open_ = tmp_path / "gated", tmp_path / "open"
+    segment(coin_run, tmp_path / "ds", gated, split="all", device="cpu", save_maps=True)
+    segment(coin_run, tmp_path / "ds", open_, split="all", device="cpu", gate=False, save_maps=True)
+    for case in sorted(p.name.split(".")[0] for p in (gated / "masks").glob("*.nii.gz")):
+        stored = open_case(tmp_path / "ds", case)
+        planes = stored.geometry.slice_index
+        axis = stored.geometry.slice_axis
+        with_gate = np.asarray(nib.load(gated / "masks" / f"{case}.nii.gz").dataobj)
+        without = np.asarray(nib.load(open_ / "masks" / f"{case}.nii.gz").dataobj)
+        assert without.any()
+        for n, plane in enumerate(planes):
+            expected = np.take(without, plane, axis=axis) if n % 2 else 0
+            np.testing.assert_array_equal(np.take(with_gate, plane, axis=axis), expected)

@@ -59,6 +59,7 @@ DevicesOpt = Annotated[int, typer.Option(help="devices (processes) per node; mor
 NodesOpt = Annotated[int, typer.Option(help="machines; needs torchrun or fabric run on each (see README)")]
 StrategyOpt = Annotated[str, typer.Option(help="auto or ddp (DDP whenever more than one process)")]
 THRESHOLD_HELP = "mask = |x - x_cf| / 2 > threshold (paper 0.25); 'auto' = the run's noise floor, calibrated on normal validation slices"
+GATE_HELP = "no mask on slices the classifier calls normal, f(x) < 0.5 (--no-gate: on every slice)"
 
 
 # What to make smaller when a command runs out of memory.
@@ -341,6 +342,7 @@ def segment(
     dicom_seg: Annotated[
         bool, typer.Option(help="DICOM series input: also write a DICOM-SEG (needs coinseg[dicom-seg])")
     ] = False,
+    gate: Annotated[bool, typer.Option(help=GATE_HELP)] = True,
     device: DeviceOpt = DeviceChoice.auto,
     batch_size: Annotated[int, typer.Option(help="slices per batch (>= 1)")] = 64,
 ) -> None:
@@ -359,6 +361,7 @@ def segment(
         min_lesion_mm3=min_lesion_mm3,
         save_maps=save_maps,
         dicom_seg=dicom_seg,
+        gate=gate,
     )
     typer.echo(str(csv_path))
 
@@ -377,6 +380,7 @@ def evaluate(
         float, typer.Option(help="attribution maps (in [0, 1]): mask = map > threshold")
     ] = 0.975,
     postprocess: Annotated[bool, typer.Option(help="post-process counterfactual masks (paper: -pcf)")] = False,
+    gate: Annotated[bool, typer.Option(help=GATE_HELP + "; all methods")] = True,
     rise_masks: Annotated[int, typer.Option(help="RISE: number of random masks (>= 1; paper 6000)")] = 6000,
     max_slices: Annotated[
         int | None, typer.Option(help="score a fixed, evenly spaced subset of this many slices (all methods)")
@@ -402,6 +406,7 @@ def evaluate(
         singla_run=singla_run,
         rise_masks=rise_masks,
         max_slices=max_slices,
+        gate=gate,
     )
     _print_table(metrics)
     typer.echo(str(out / "report.html"))

@@ -87,7 +87,7 @@ class Job:
 @dataclass
 class MaskRule:
     """How masks are made: ``cut`` the threshold on |x - x_cf| / 2; ``min_lesion_mm3`` the 3-D post-processing's
-    smallest lesion (with ``postprocess``)."""
+    smallest lesion (with ``postprocess``); ``gate``: no mask on a slice the classifier calls normal (f(x) < 0.5)."""
 
     cut: float
     postprocess: bool
@@ -95,6 +95,7 @@ class MaskRule:
     save_maps: bool
     dicom_seg: bool
     batch_size: int
+    gate: bool = True
 
 
 def _safe(name: str) -> str:
@@ -154,25 +155,32 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
     return [Job(_safe(_strip_suffix(source.name)), str(source), read_standalone(source))]
 
 
-def _volume_maps(model: Predictor, job: Job, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(f(x) per slice, f(x_cf) per slice, difference maps in the source voxel array, the source affine)."""
+def _gated(diffs: list[np.ndarray], probs: np.ndarray, gate: bool) -> list[np.ndarray]:
+    """``diffs`` with the maps of slices f calls normal (``probs`` < 0.5) zeroed when ``gate``."""
+    return [d if p >= 0.5 or not gate else np.zeros_like(d) for d, p in zip(diffs, probs, strict=True)]
+
+
+def _volume_maps(model: Predictor, job: Job, rule: MaskRule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(f(x) per slice, f(x_cf) per slice, difference maps in the source voxel array (gated by ``rule``), the
+    source affine)."""
+    batch = rule.batch_size
     if job.stored is not None:
         stored = job.stored
         slices = [np.asarray(stored.image[n], dtype=np.float32) for n in range(len(stored.image))]
         organs = [np.asarray(o) for o in stored.organ] if stored.organ is not None and model.crop else None
         probs, probs_cf, diffs = model.run(slices, batch, organs, job.source)
-        maps = np.stack(diffs)
+        maps = np.stack(_gated(diffs, probs, rule.gate))
         if stored.organ is not None:
             maps = np.where(np.asarray(stored.organ) != 0, maps, 0.0).astype(np.float32)
         return probs, probs_cf, paste_back_values(stored.geometry, maps, 0.0), stored.geometry.affine
     image = job.image
     assert image is not None and image.affine is not None
     probs, probs_cf, diffs = model.run(list(image.array), batch, source=job.source)
-    return probs, probs_cf, to_source_volume(np.stack(diffs), image), image.affine
+    return probs, probs_cf, to_source_volume(np.stack(_gated(diffs, probs, rule.gate)), image), image.affine
 
 
 def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
-    probs, probs_cf, maps, affine = _volume_maps(model, job, rule.batch_size)
+    probs, probs_cf, maps, affine = _volume_maps(model, job, rule)
     spacing = spacing_from_affine(affine)
     mask = maps > rule.cut
     if rule.postprocess:
@@ -199,7 +207,7 @@ def _segment_slice(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dic
     assert job.image is not None
     organs = None if job.organ is None else [job.organ]
     probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size, organs, job.source)
-    mask = diffs[0] > rule.cut
+    mask = _gated(diffs, probs, rule.gate)[0] > rule.cut
     if rule.postprocess:
         mask = clean_mask(mask)
     rel = f"masks/{job.name}.png"
@@ -225,6 +233,7 @@ def segment(
     min_lesion_mm3: float = MIN_LESION_MM3,
     save_maps: bool = False,
     dicom_seg: bool = False,
+    gate: bool = True,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
     ``threshold``: a number in [0, 1) or ``"auto"`` (the run's calibrated noise floor)."""
@@ -235,7 +244,7 @@ def segment(
         raise UsageError(f"--min-lesion-mm3 {min_lesion_mm3}: must be >= 0")
     check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device)
-    rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size)
+    rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate)
     jobs = collect_jobs(source, split)
     for job in jobs:
         if job.intensity != model.intensity:

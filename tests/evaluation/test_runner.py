@@ -1,9 +1,13 @@
-"""The evaluation runner's shared-subset rule and method parsing."""
+"""The evaluation runner's shared-subset rule, method parsing and classifier gate."""
 
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from coinseg.data.manifest import Entry
-from coinseg.evaluation.runner import subset
+from coinseg.evaluation.runner import evaluate, subset
+from coinseg.predictor import Predictor
 
 
 def _entries(labels: list[int]) -> list[Entry]:
@@ -22,3 +26,15 @@ def test_subset_keeps_label_proportions_order_and_is_deterministic() -> None:
 def test_subset_larger_than_split_is_everything() -> None:
     entries = _entries([0, 1, 1])
     assert subset(entries, 10) == entries and subset(entries, None) == entries
+
+
+def test_gate_empties_every_mask_when_the_classifier_calls_all_slices_normal(
+    coin_run: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Predictor, "probs", lambda self, images, batch=64: np.zeros(len(images)))
+    common = {"methods": ["coin"], "threshold": 0.0, "device": "cpu"}
+    gated = evaluate(coin_run, tiny_data, tmp_path / "gated", **common)["methods"]["coin"]
+    open_ = evaluate(coin_run, tiny_data, tmp_path / "open", gate=False, **common)["methods"]["coin"]
+    assert gated["gated"] and not open_["gated"]
+    assert gated["pooled_iou"] == 0.0 and gated["normal_fp_rate"] == 0.0
+    assert open_["pooled_iou"] > 0.0 and open_["normal_fp_rate"] > 0.0

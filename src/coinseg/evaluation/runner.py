@@ -148,13 +148,16 @@ def evaluate(
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
     singla_run: Path | None = None,
+    gate: bool = True,
     rise_masks: int = 6000,
     max_slices: int | None = None,
     batch_size: int = 64,
     fid_extractor: Any = None,
 ) -> dict[str, Any]:
     """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
-    ``threshold`` (counterfactual maps): a number in [0, 1) or ``"auto"``, each run's calibrated noise floor."""
+    ``threshold`` (counterfactual maps): a number in [0, 1) or ``"auto"``, each run's calibrated noise floor.
+    ``gate``: every method's map is zero on slices the classifier calls normal (f(x) < 0.5), as ``segment``
+    writes them."""
     parsed = parse_threshold(threshold)
     check_empty_target(out_dir)  # before any work; again at the end
     model = load_predictor(run_dir, device)
@@ -237,8 +240,12 @@ def evaluate(
             sized = to_original_size(maps, shapes, boxes)
             if organs is not None:  # as `segment` writes them: nothing outside the organ
                 sized = [np.where(organ, m, 0.0) for m, organ in zip(sized, organs, strict=True)]
+            if gate:  # as `segment` writes them: no mask where f calls the slice normal
+                sized = [m if p >= 0.5 else np.zeros_like(m) for m, p in zip(sized, probs, strict=True)]
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned)
-            entry.update(threshold=cut, postprocess=cleaned, seconds_per_slice=seconds / max(len(x), 1), **summary)
+            entry.update(
+                threshold=cut, postprocess=cleaned, gated=gate, seconds_per_slice=seconds / max(len(x), 1), **summary
+            )
             if per_scan:
                 scans[name] = score_cases(entries, masks_by_method[name], gts, cleaned, MIN_LESION_MM3)
                 entry["volumes"] = VolumeTally([c.score for c in scans[name]]).summary()
