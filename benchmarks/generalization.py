@@ -412,7 +412,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown tables: scores at the default and auto thresholds, then the diagnosis."""
     lines = [
-        "| member | clf AUROC | pooled IoU (0.25) | IoU auto (thr) | mean Dice | pixel AP | CV | normal FP (0.25 / auto) | steps clf / gan | s (data / clf / gan / eval) |",
+        "| member | clf AUROC | pooled IoU default (thr) | IoU auto (thr) | mean Dice | pixel AP | CV | normal FP (default / auto) | steps clf / gan | s (data / clf / gan / eval) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -424,7 +424,7 @@ def table(results: list[dict[str, Any]]) -> str:
             + f" / {s.get('eval-default', 0) + s.get('eval-auto', 0):.0f}"
         )
         lines.append(
-            f"| {r['member']} | {fmt(r['classifier_auroc'])} | {fmt(d['pooled_iou'])} | {fmt(a['pooled_iou'])} "
+            f"| {r['member']} | {fmt(r['classifier_auroc'])} | {fmt(d['pooled_iou'])} ({fmt(d['threshold'])}) | {fmt(a['pooled_iou'])} "
             f"({fmt(a['threshold'])}) | {fmt(d['mean_dice'])} | {fmt(d['pixel_ap'])} | {fmt(d['cv'])} "
             f"| {fmt(d['normal_fp_rate'])} / {fmt(a['normal_fp_rate'])} | {secs} |"
         )

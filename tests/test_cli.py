@@ -135,7 +135,10 @@ def test_identity_generator_gives_empty_masks(coin_run: Path, tiny_data: Path, t
         (("segment", "{run}", "{missing}", "--out", "{out}"), "input not found"),
         (("segment", "{run}", "{data}", "--out", "{out}", "--split", "nope"), "no rows in split 'nope'"),
         (("segment", "{run}", "{data}", "--out", "{out}", "--threshold", "1.5"), "--threshold 1.5"),
-        (("segment", "{run}", "{data}", "--out", "{out}", "--threshold", "high"), "a number in [0, 1) or 'auto'"),
+        (
+            ("segment", "{run}", "{data}", "--out", "{out}", "--threshold", "high"),
+            "a number in [0, 1), 'floor' or 'auto'",
+        ),
         (("evaluate", "{run}", "{data}", "--out", "{out}", "--methods", "coin,foo"), "unknown method 'foo'"),
         (("train", "{data}", "--classifier", "{missing}", "--out", "{out}"), "checkpoint not found"),
         (("train-classifier", "{missing}", "--out", "{out}"), "manifest not found"),
@@ -173,8 +176,13 @@ def test_evaluate_compares_methods_on_the_same_slices(
     assert code == 0, output
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["methods"]) == ["coin", "singla", "rise", "scorecam", "layercam"]
+    floors = {
+        name: torch.load(run / "checkpoints" / "best.pt", weights_only=True)["auto_threshold"]
+        for name, run in (("coin", coin_run), ("singla", singla_run))
+    }
     for name, row in metrics["methods"].items():
-        assert row["threshold"] == (0.25 if name in ("coin", "singla") else 0.975)
+        # the default threshold "floor": the larger of 0.25 and the run's noise floor; saliency maps: 0.975
+        assert row["threshold"] == (max(0.25, floors[name]) if name in floors else 0.975)
         assert row["n_abnormal"] == metrics["n_abnormal"] and row["n_normal"] == metrics["n_normal"]
         assert row["seconds_per_slice"] > 0
     fid_reported = metrics["methods"]["coin"].get("fid_paired") is not None
@@ -204,8 +212,13 @@ def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> 
     model = load_predictor(coin_run, "cpu")
     model.auto_threshold = None
     with pytest.raises(RunError, match="no calibrated threshold"):
-        model.threshold(None)
+        model.threshold("auto")
     assert model.threshold(0.3) == 0.3
+    assert model.threshold("floor") == 0.25  # no noise floor: the paper's value
+    model.auto_threshold = 0.4
+    assert model.threshold("floor") == 0.4 and model.threshold("auto") == 0.4
+    model.auto_threshold = 0.1
+    assert model.threshold("floor") == 0.25 and model.threshold("auto") == 0.1
 
 
 @pytest.mark.parametrize(

@@ -226,7 +226,7 @@ def segment(
     source: Path,
     out_dir: Path,
     split: str = "test",
-    threshold: float | str = 0.25,
+    threshold: float | str = "floor",
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
     batch_size: int = 64,
@@ -236,7 +236,8 @@ def segment(
     gate: bool = True,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
-    ``threshold``: a number in [0, 1) or ``"auto"`` (the run's calibrated noise floor)."""
+    ``threshold``: a number in [0, 1), ``"auto"`` (the run's calibrated noise floor) or ``"floor"`` (the larger
+    of 0.25 and that floor)."""
     parsed = parse_threshold(threshold)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")

@@ -26,6 +26,9 @@ from coinseg.method import load_classifier, load_inpainter, probs
 from coinseg.runtime.console import console
 from coinseg.runtime.device import resolve_device
 
+PAPER_THRESHOLD = 0.25
+THRESHOLD_RULES = ("auto", "floor")
+
 
 @dataclass
 class Predictor:
@@ -42,11 +45,14 @@ class Predictor:
     auto_threshold: float | None = None
     crop: OrganCrop | None = None
 
-    def threshold(self, value: float | None) -> float:
-        """The mask threshold: ``value`` (from :func:`parse_threshold`), or for None (``auto``) the noise floor
-        calibrated on normal validation slices at training time."""
-        if value is not None:
+    def threshold(self, value: float | str) -> float:
+        """The mask threshold for ``value`` (from :func:`parse_threshold`): a number as it is; ``"auto"`` the
+        noise floor calibrated on normal validation slices at training time; ``"floor"`` the larger of the
+        paper's 0.25 and that noise floor (0.25 when the run has none)."""
+        if not isinstance(value, str):
             return value
+        if value == "floor":
+            return max(PAPER_THRESHOLD, self.auto_threshold or 0.0)
         if self.auto_threshold is None:
             raise RunError(
                 "--threshold auto: this run's checkpoint has no calibrated threshold (no normal validation slices, "
@@ -134,14 +140,15 @@ def load_predictor(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto
     )
 
 
-def parse_threshold(value: float | str) -> float | None:
-    """``--threshold``: a number in [0, 1), or ``auto`` (returned as None: the run's calibrated threshold)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
+def parse_threshold(value: float | str) -> float | str:
+    """``--threshold``: a number in [0, 1), ``auto`` or ``floor`` (returned as that word, lower case; see
+    :meth:`Predictor.threshold`)."""
+    if isinstance(value, str) and value.strip().lower() in THRESHOLD_RULES:
+        return value.strip().lower()
     try:
         number = float(value)
     except ValueError:
-        raise UsageError(f"--threshold {value!r}: give a number in [0, 1) or 'auto'") from None
+        raise UsageError(f"--threshold {value!r}: give a number in [0, 1), 'floor' or 'auto'") from None
     if not 0.0 <= number < 1.0:
         raise UsageError(f"--threshold {value}: must be in [0, 1)")
     return number

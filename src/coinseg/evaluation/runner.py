@@ -143,7 +143,7 @@ def evaluate(
     out_dir: Path,
     methods: list[str],
     split: str = "test",
-    threshold: float | str = 0.25,
+    threshold: float | str = "floor",
     saliency_threshold: float = 0.975,
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
@@ -155,7 +155,8 @@ def evaluate(
     fid_extractor: Any = None,
 ) -> dict[str, Any]:
     """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
-    ``threshold`` (counterfactual maps): a number in [0, 1) or ``"auto"``, each run's calibrated noise floor.
+    ``threshold`` (counterfactual maps): a number in [0, 1), ``"auto"`` (each run's calibrated noise floor) or
+    ``"floor"`` (the larger of 0.25 and that floor).
     ``gate``: every method's map is zero on slices the classifier calls normal (f(x) < 0.5), as ``segment``
     writes them."""
     parsed = parse_threshold(threshold)
@@ -220,8 +221,8 @@ def evaluate(
                 seconds = time.perf_counter() - tic
                 probs_cf = model.probs(x_cf, batch_size)
                 cut = cf_model.threshold(parsed)
-                if parsed is None:
-                    notes.append(f"{name}: threshold auto = {cut:.3f} (noise floor on normal validation slices)")
+                if isinstance(parsed, str):
+                    notes.append(f"{name}: threshold {parsed} = {cut:.3f} (see --threshold)")
                 entry = {
                     "kind": "counterfactual",
                     "cv": counterfactual_validity(probs, probs_cf),
