@@ -333,7 +333,7 @@ def segment(
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder (must not exist or be empty)")],
     split: Annotated[str, typer.Option(help="manifest/dataset split to segment, or 'all'")] = "test",
-    threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "floor",
+    threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "0.25",
     postprocess: Annotated[
         bool,
         typer.Option(help="2-D: 3x3 opening, 3x3 closing, largest component; volumes: 3-D lesions >= --min-lesion-mm3"),
@@ -378,7 +378,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="manifest split to score")] = "test",
     methods: Annotated[str, typer.Option(help=methods_help())] = "coin",
     singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
-    threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "floor",
+    threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "0.25",
     saliency_threshold: Annotated[
         float, typer.Option(help="attribution maps (in [0, 1]): mask = map > threshold")
     ] = 0.975,

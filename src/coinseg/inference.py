@@ -226,7 +226,7 @@ def segment(
     source: Path,
     out_dir: Path,
     split: str = "test",
-    threshold: float | str = "floor",
+    threshold: float | str = 0.25,
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
     batch_size: int = 64,

@@ -143,7 +143,7 @@ def evaluate(
     out_dir: Path,
     methods: list[str],
     split: str = "test",
-    threshold: float | str = "floor",
+    threshold: float | str = 0.25,
     saliency_threshold: float = 0.975,
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
