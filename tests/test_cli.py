@@ -214,6 +214,9 @@ def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> 
     assert model.threshold("floor") == 0.4 and model.threshold("auto") == 0.4
     model.auto_threshold = 0.1
     assert model.threshold("floor") == 0.25 and model.threshold("auto") == 0.1
+    assert model.below_noise_floor(0.25) is None
+    model.auto_threshold = 0.4
+    assert "below this run's noise floor 0.400" in (model.below_noise_floor(0.25) or "")
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ from coinseg.io.images import (
     write_png_mask,
 )
 from coinseg.predictor import Predictor, load_predictor, parse_threshold
-from coinseg.runtime.console import progress_bar
+from coinseg.runtime.console import console, progress_bar
 
 # the contract's five columns first (other tools read them by position too), then the volume columns
 COLUMNS = ["image", "prob", "prob_cf", "mask", "mask_pixels", "case", "lesion_ml"]
@@ -246,6 +246,9 @@ def segment(
     check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device)
     rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate)
+    warning = model.below_noise_floor(rule.cut)
+    if warning:
+        console.print(warning, highlight=False)
     jobs = collect_jobs(source, split)
     for job in jobs:
         if job.intensity != model.intensity:

@@ -60,6 +60,16 @@ class Predictor:
             )
         return self.auto_threshold
 
+    def below_noise_floor(self, cut: float) -> str | None:
+        """A one-line warning when ``cut`` lies below the run's noise floor (masks will then hold the GAN's own
+        change on normal tissue), else None."""
+        if self.auto_threshold is None or cut >= self.auto_threshold:
+            return None
+        return (
+            f"warning: threshold {cut:.3f} is below this run's noise floor {self.auto_threshold:.3f} (the change it "
+            "makes on 95 % of normal validation slices): expect false positives; --threshold floor uses the larger"
+        )
+
     def boxes(self, organs: list[np.ndarray] | None, source: str = "the input") -> list[Box] | None:
         """Each slice's box from its organ mask (H x W, nonzero = organ) when the run crops; None when it does
         not. A cropping run without organ masks is an error naming ``source``."""

@@ -223,6 +223,9 @@ def evaluate(
                 cut = cf_model.threshold(parsed)
                 if isinstance(parsed, str):
                     notes.append(f"{name}: threshold {parsed} = {cut:.3f} (see --threshold)")
+                warning = cf_model.below_noise_floor(cut)
+                if warning:
+                    notes.append(f"{name}: {warning}")
                 entry = {
                     "kind": "counterfactual",
                     "cv": counterfactual_validity(probs, probs_cf),
