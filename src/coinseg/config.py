@@ -107,10 +107,9 @@ class DataConfig:
     ``window``: an explicit HU window [lo, hi]; when None the fingerprint window (p0.5, p99.5 of foreground
     pixels of the training split) is computed. ``percentiles``: the fingerprint percentiles.
     ``organ_margin``: when set and every row of a plain manifest has an organ mask, the networks see a box around
-    each slice's organ (the largest training organ's extent, widened by this fraction of it on each side)
-    instead of the whole slice (:mod:`coinseg.data.crop`); None = whole slices (the paper's setting, and the
-    default: on the generalization suite the crop let the GAN hide lesions by brightening the whole organ,
-    see benchmarks/RESULTS.md).
+    each slice's organ (a square of the longest training organ extent, widened by this fraction of it on each
+    side) instead of the whole slice (:mod:`coinseg.data.crop`); None = whole slices (the paper's setting, and
+    the default: on the generalization suite the crop did not improve COIN's masks, see benchmarks/RESULTS.md).
     """
 
     size: int = 64

@@ -34,10 +34,10 @@ def test_box_is_centred_on_the_organ_and_kept_inside_the_image() -> None:
     assert crop.box(organ_at((8, 80), slice(2, 4), slice(0, 3))) == (0, 0, 8, 16)
 
 
-def test_fit_takes_the_largest_extent_plus_the_margin() -> None:
+def test_fit_is_a_square_of_the_longest_extent_plus_the_margin() -> None:
     organs = [organ_at((60, 80), slice(10, 20), slice(5, 25)), organ_at((60, 80), slice(0, 30), slice(0, 4))]
-    assert fit_crop(organs, 0.1) == OrganCrop(36, 24)  # ceil(30 * 1.2), ceil(20 * 1.2)
-    assert fit_crop(organs, 0.0) == OrganCrop(30, 20)
+    assert fit_crop(organs, 0.1) == OrganCrop(36, 36)  # a square: ceil(max(30, 20) * 1.2)
+    assert fit_crop(organs, 0.0) == OrganCrop(30, 30)
     assert fit_crop([np.zeros((5, 5), bool)], 0.1) is None
 
 

@@ -3,11 +3,11 @@
 With ``data.organ_margin`` set (off by default) and an ``organ`` mask on every row of a plain manifest, the
 networks see a box around the organ instead of the whole slice, so a lesion is several times larger in the network's input (on the generalization suite's real
 CT, a kidney lesion of 8-20 mm is 1.3-3.4 px wide when the whole 244 px slice is squeezed to 64 px; the perfect
-counterfactual then reaches pooled IoU 0.38, against 0.61 through the box; but COIN's own masks got worse, the
-GAN hiding lesions by brightening the whole organ: see ``benchmarks/RESULTS.md``).
+counterfactual then reaches pooled IoU 0.38, against 0.50 through the square box; COIN's own masks did not
+improve at CPU budgets: see ``benchmarks/RESULTS.md``).
 
-The box has one size for the whole run, in pixels, chosen on the training split (:func:`fit_crop`): the largest
-organ bounding box over the training slices, widened by ``margin`` of its side on each side. Each slice is cut
+The box has one size for the whole run, in pixels, chosen on the training split (:func:`fit_crop`): a square
+with the longest side of any training organ's bounding box, widened by ``margin`` of it on each side. Each slice is cut
 at that size around the centre of its own organ's bounding box (the image's centre when the slice holds no organ
 pixel), shifted to lie inside the image and clipped to the image where the image is smaller. The box is then
 resized to the network size like a whole slice (the aspect ratio is not kept).
@@ -73,9 +73,11 @@ class OrganCrop:
 
 
 def fit_crop(organs: Iterable[np.ndarray], margin: float) -> OrganCrop | None:
-    """The box size for a run: the largest organ bounding-box height and width over ``organs`` (H x W masks of
-    the training slices), each widened by ``margin`` (a fraction of it) on both sides and rounded up. None when
-    no slice holds an organ pixel."""
+    """The box size for a run: a square whose side is the longest organ bounding-box side over ``organs`` (H x W
+    masks of the training slices), widened by ``margin`` (a fraction of it) on both sides and rounded up. Square,
+    so the network sees the organ undistorted: a box of the organs' own aspect (e.g. 53 x 168 px for two
+    kidneys), squeezed to the network's square input, let the GAN hide lesions by re-lighting the whole organ
+    (``benchmarks/RESULTS.md``). None when no slice holds an organ pixel."""
     height = width = 0
     for organ in organs:
         rows, cols = np.flatnonzero(organ.any(axis=1)), np.flatnonzero(organ.any(axis=0))
@@ -83,4 +85,5 @@ def fit_crop(organs: Iterable[np.ndarray], margin: float) -> OrganCrop | None:
             height, width = max(height, int(rows[-1] - rows[0] + 1)), max(width, int(cols[-1] - cols[0] + 1))
     if not height:
         return None
-    return OrganCrop(int(np.ceil(height * (1 + 2 * margin))), int(np.ceil(width * (1 + 2 * margin))))
+    side = int(np.ceil(max(height, width) * (1 + 2 * margin)))
+    return OrganCrop(side, side)
