@@ -38,3 +38,7 @@ def test_gate_empties_every_mask_when_the_classifier_calls_all_slices_normal(
     assert gated["gated"] and not open_["gated"]
     assert gated["pooled_iou"] == 0.0 and gated["normal_fp_rate"] == 0.0
     assert open_["pooled_iou"] > 0.0 and open_["normal_fp_rate"] > 0.0
+    assert (
+        "masks gated by the classifier (none where f(x) < 0.5): yes" in (tmp_path / "gated" / "report.md").read_text()
+    )
+    assert "masks gated by the classifier (none where f(x) < 0.5): no" in (tmp_path / "open" / "report.md").read_text()

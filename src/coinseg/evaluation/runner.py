@@ -269,6 +269,7 @@ def evaluate(
         "split": split,
         "n_slices": len(entries),
         "max_slices": max_slices,
+        "gate": gate,
         "n_abnormal": int((labels == 1).sum()),
         "n_normal": int((labels == 0).sum()),
         "classifier": {"accuracy": accuracy, "auroc": auroc},

@@ -149,10 +149,15 @@ def _summary(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("normal slices", _format(metrics.get("n_normal"), "text")),
         ("classifier accuracy", _format(classifier.get("accuracy"), "3f")),
         ("classifier AUROC", _format(classifier.get("auroc"), "3f")),
+        ("masks gated by the classifier (none where f(x) < 0.5)", _format(_yes_no(metrics.get("gate")), "text")),
         ("model run", _format(metrics.get("model_run"), "text")),
         ("manifest", _format(metrics.get("manifest"), "text")),
         ("coinseg version", _format(metrics.get("coinseg_version"), "text")),
     ]
+
+
+def _yes_no(value: Any) -> str | None:
+    return None if value is None else ("yes" if value else "no")
 
 
 def _figures(metrics: dict[str, Any], out_dir: Path) -> tuple[list[tuple[str, str, Path]], list[str]]:
