@@ -356,7 +356,7 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
 
     from coinseg.data.manifest import read_manifest
     from coinseg.data.normalise import normalise
-    from coinseg.data.slices import load_mask, read_entry, read_organ
+    from coinseg.data.slices import load_mask, read_entry
     from coinseg.evaluation.metrics import difference_map
     from coinseg.predictor import load_predictor, to_original_size
 
@@ -367,8 +367,7 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     cleans = [np.load(root / "data" / "clean" / e.image.name) for e in entries]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     shapes = [a.shape for a in arrays]
-    cropped = model.crop is not None and all(e.organ is not None for e in entries)
-    boxes = model.boxes([read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)] if cropped else None)
+    boxes = model.boxes(model.entry_organs(entries, arrays))
     x, x_clean = model.inputs(arrays, boxes), model.inputs(cleans, boxes)
     with torch.no_grad():
         x_cf = torch.cat([model.maps.counterfactual(x[i : i + 64]) for i in range(0, len(x), 64)])

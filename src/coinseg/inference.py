@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from coinseg.config import DeviceChoice
-from coinseg.data.manifest import ManifestError, read_manifest
+from coinseg.data.manifest import Entry, ManifestError, read_manifest
 from coinseg.data.roi import paste_back_values
-from coinseg.data.slices import read_entry, read_organ
+from coinseg.data.slices import read_entry
 from coinseg.data.store import STORE, StoredCase, open_case
 from coinseg.errors import UsageError
 from coinseg.evaluation.metrics import postprocess as clean_mask
@@ -51,7 +51,7 @@ from coinseg.io.images import (
     write_nifti,
     write_png_mask,
 )
-from coinseg.predictor import Predictor, load_predictor, parse_threshold
+from coinseg.predictor import Predictor, gate_maps, load_predictor, parse_threshold
 from coinseg.runtime.console import console, progress_bar
 
 # the contract's five columns first (other tools read them by position too), then the volume columns
@@ -62,7 +62,7 @@ COLUMNS = ["image", "prob", "prob_cf", "mask", "mask_pixels", "case", "lesion_ml
 class Job:
     """One output. ``image``: a 2-D slice (H x W) or a volume read whole (Z x H x W display slices);
     ``stored``: a case of a prepared dataset; ``dicom``: the series folder of a DICOM input (for --dicom-seg);
-    ``organ``: the slice's organ mask (H x W bool) from a manifest's organ column, for a run that crops."""
+    ``entry``: the manifest row of a slice read from a manifest (its organ mask is read if the run crops)."""
 
     name: str
     source: str
@@ -70,7 +70,7 @@ class Job:
     stored: StoredCase | None = None
     case: str = ""
     dicom: Path | None = None
-    organ: np.ndarray | None = None
+    entry: Entry | None = None
 
     @property
     def n_slices(self) -> int:
@@ -142,9 +142,7 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
         jobs = []
         for e in entries:
             name = _strip_suffix(e.source) + (f"_z{e.slice:04d}" if e.slice is not None else "")
-            array = read_entry(e)
-            organ = read_organ(e, array.shape) if e.organ is not None else None
-            jobs.append(Job(_safe(name), e.source, Image(array, intensity_for(e.image)), organ=organ))
+            jobs.append(Job(_safe(name), e.source, Image(read_entry(e), intensity_for(e.image)), entry=e))
         return jobs
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -156,8 +154,7 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
 
 
 def _gated(diffs: list[np.ndarray], probs: np.ndarray, gate: bool) -> list[np.ndarray]:
-    """``diffs`` with the maps of slices f calls normal (``probs`` < 0.5) zeroed when ``gate``."""
-    return [d if p >= 0.5 or not gate else np.zeros_like(d) for d, p in zip(diffs, probs, strict=True)]
+    return gate_maps(diffs, probs) if gate else diffs
 
 
 def _volume_maps(model: Predictor, job: Job, rule: MaskRule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -205,7 +202,7 @@ def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> di
 
 def _segment_slice(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
     assert job.image is not None
-    organs = None if job.organ is None else [job.organ]
+    organs = None if job.entry is None else model.entry_organs([job.entry], [job.image.array])
     probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size, organs, job.source)
     mask = _gated(diffs, probs, rule.gate)[0] > rule.cut
     if rule.postprocess:

@@ -19,7 +19,8 @@ from torch import nn
 from coinseg.attribution.counterfactual import CounterfactualMaps
 from coinseg.config import DeviceChoice
 from coinseg.data.crop import Box, OrganCrop
-from coinseg.data.slices import slice_tensor
+from coinseg.data.manifest import Entry
+from coinseg.data.slices import read_organ, slice_tensor
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation.metrics import difference_map
 from coinseg.method import load_classifier, load_inpainter, probs
@@ -70,6 +71,13 @@ class Predictor:
             "makes on 95 % of normal validation slices): expect false positives; --threshold floor uses the larger"
         )
 
+    def entry_organs(self, entries: list[Entry], arrays: list[np.ndarray]) -> list[np.ndarray] | None:
+        """The organ masks of manifest ``entries`` (``arrays``: their slices), read only when the run crops and
+        every entry has one; else None (:meth:`boxes` then says what is missing)."""
+        if self.crop is None or any(e.organ is None for e in entries):
+            return None
+        return [read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
+
     def boxes(self, organs: list[np.ndarray] | None, source: str = "the input") -> list[Box] | None:
         """Each slice's box from its organ mask (H x W, nonzero = organ) when the run crops; None when it does
         not. A cropping run without organ masks is an error naming ``source``."""
@@ -113,6 +121,11 @@ class Predictor:
             p_cf.append(self.probs(x_cf, batch))
             diffs.extend(to_original_size(difference_map(x, x_cf), [a.shape for a in chunk], chunk_boxes))
         return np.concatenate(p), np.concatenate(p_cf), diffs
+
+
+def gate_maps(maps: list[np.ndarray], probs: np.ndarray) -> list[np.ndarray]:
+    """The classifier gate: ``maps`` with those of slices f calls normal (``probs`` < 0.5) set to zero."""
+    return [m if p >= 0.5 else np.zeros_like(m) for m, p in zip(maps, probs, strict=True)]
 
 
 def to_original_size(

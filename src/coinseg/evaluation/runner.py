@@ -25,7 +25,7 @@ from coinseg.attribution import build_attributor
 from coinseg.config import DeviceChoice
 from coinseg.data.manifest import Entry, read_manifest, select_split
 from coinseg.data.normalise import normalise
-from coinseg.data.slices import load_mask, read_entry, read_organ
+from coinseg.data.slices import load_mask, read_entry
 from coinseg.data.store import from_store
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation import fid as fid_lib
@@ -42,7 +42,7 @@ from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
 from coinseg.io.files import atomic_dir, check_empty_target
 from coinseg.io.images import KIND_NAMES, intensity_for
-from coinseg.predictor import Predictor, load_predictor, parse_threshold, to_original_size
+from coinseg.predictor import Predictor, gate_maps, load_predictor, parse_threshold, to_original_size
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
 from coinseg.reporting.montage import lesion_montage
@@ -185,9 +185,7 @@ def evaluate(
     shapes = [a.shape for a in arrays]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     labels = np.array([e.label for e in entries])
-    cropped = model.crop is not None and all(e.organ is not None for e in entries)
-    crop_organs = [read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)] if cropped else None
-    boxes = model.boxes(crop_organs, str(manifest))
+    boxes = model.boxes(model.entry_organs(entries, arrays), str(manifest))
     x = model.inputs(arrays, boxes)
     probs = model.probs(x, batch_size)
     accuracy, auroc = accuracy_auroc(labels, probs)
@@ -245,7 +243,7 @@ def evaluate(
             if organs is not None:  # as `segment` writes them: nothing outside the organ
                 sized = [np.where(organ, m, 0.0) for m, organ in zip(sized, organs, strict=True)]
             if gate:  # as `segment` writes them: no mask where f calls the slice normal
-                sized = [m if p >= 0.5 else np.zeros_like(m) for m, p in zip(sized, probs, strict=True)]
+                sized = gate_maps(sized, probs)
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned)
             entry.update(
                 threshold=cut, postprocess=cleaned, gated=gate, seconds_per_slice=seconds / max(len(x), 1), **summary
