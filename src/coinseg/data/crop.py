@@ -1,16 +1,16 @@
 """Organ-centred crops of 2-D slices, and the exact way back.
 
 With ``data.organ_margin`` set (off by default) and an ``organ`` mask on every row of a plain manifest, the
-networks see a box around the organ instead of the whole slice, so a lesion is several times larger in the network's input (on the generalization suite's real
-CT, a kidney lesion of 8-20 mm is 1.3-3.4 px wide when the whole 244 px slice is squeezed to 64 px; the perfect
-counterfactual then reaches pooled IoU 0.38, against 0.50 through the square box; COIN's own masks did not
-improve at CPU budgets: see ``benchmarks/RESULTS.md``).
+networks see a box around the organ instead of the whole slice, so a lesion is several times larger in their
+input (on the generalization suite's real CT, a kidney lesion of 8-20 mm is 1.3-3.4 px wide when the whole
+244 px slice is squeezed to 64 px; the perfect counterfactual then reaches pooled IoU 0.38, against 0.50
+through the square box; COIN's own masks did not improve at CPU budgets: see ``benchmarks/RESULTS.md``).
 
 The box has one size for the whole run, in pixels, chosen on the training split (:func:`fit_crop`): a square
-with the longest side of any training organ's bounding box, widened by ``margin`` of it on each side. Each slice is cut
-at that size around the centre of its own organ's bounding box (the image's centre when the slice holds no organ
-pixel), shifted to lie inside the image and clipped to the image where the image is smaller. The box is then
-resized to the network size like a whole slice (the aspect ratio is not kept).
+with the longest side of any training organ's bounding box, widened by ``margin`` of it on each side. Each slice
+is cut at that size around the centre of its own organ's bounding box (the image's centre when the slice holds
+no organ pixel), shifted to lie inside the image and clipped to the image where the image is smaller. The box
+is then resized to the network size like a whole slice (square, so undistorted unless clipped).
 
 The way back (:meth:`OrganCrop.paste`): a map at the box's resolution goes back into a zero map of the slice's
 own size at the box's integer pixel offsets, so a pixel (r, c) of the box is pixel (r + top, c + left) of the

@@ -25,7 +25,7 @@ from coinseg.method import load_classifier, probs
 from coinseg.models.classifier import build_classifier
 from coinseg.reporting.figures import progress_plot
 from coinseg.runtime.checkpoint import write_json
-from coinseg.runtime.device import close_fabric, make_fabric
+from coinseg.runtime.device import make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
 from coinseg.training.augment import random_affine, warp
 from coinseg.training.loop import (
@@ -34,6 +34,7 @@ from coinseg.training.loop import (
     on_rank_zero_first,
     prepare_network,
     resume_from,
+    train_in,
     train_loop,
     unwrapped,
 )
@@ -151,13 +152,7 @@ def train_classifier(
         organ_margin=settings.data.organ_margin,
     )
     run = on_rank_zero_first(fabric, lambda: RunDir(out, settings, resume, "classifier-run", (manifest,)))
-    try:
-        result = _train(fabric, run, data, manifest, out, settings, max_minutes, resume)
-        close_fabric(fabric)
-        return result
-    finally:
-        if run is not None:
-            run.close()
+    return train_in(fabric, run, lambda: _train(fabric, run, data, manifest, out, settings, max_minutes, resume))
 
 
 def _train(

@@ -38,7 +38,7 @@ from coinseg.io.files import atomic_file
 from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
 from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
-from coinseg.runtime.device import close_fabric, make_fabric
+from coinseg.runtime.device import make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
 from coinseg.training.loop import (
     Cadences,
@@ -46,6 +46,7 @@ from coinseg.training.loop import (
     on_rank_zero_first,
     prepare_network,
     resume_from,
+    train_in,
     train_loop,
     unwrapped,
 )
@@ -358,13 +359,7 @@ def train_gan(
         return run
 
     run = on_rank_zero_first(fabric, claim)
-    try:
-        result = _train(fabric, run, data, classifier, out, settings, max_minutes, resume)
-        close_fabric(fabric)
-        return result
-    finally:
-        if run is not None:
-            run.close()
+    return train_in(fabric, run, lambda: _train(fabric, run, data, classifier, out, settings, max_minutes, resume))
 
 
 def _train(

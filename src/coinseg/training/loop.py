@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from lightning.fabric import Fabric
@@ -36,7 +36,10 @@ from torch import Tensor, nn
 from coinseg.errors import RunError
 from coinseg.runtime.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from coinseg.runtime.console import progress_bar
+from coinseg.runtime.device import close_fabric
 from coinseg.runtime.rundir import Deadline, RunDir
+
+T = TypeVar("T")
 
 
 def every(step: int, n: int) -> bool:
@@ -149,6 +152,19 @@ def on_rank_zero_first(fabric: Fabric, make: Callable[[], Any]) -> Any:
     if message is not None:
         raise RunError(f"rank {fabric.global_rank} stopped: rank 0 failed ({message})")
     return result
+
+
+def train_in(fabric: Fabric, run: RunDir | None, train: Callable[[], T]) -> T:
+    """Run ``train`` in the claimed run folder ``run`` (None on ranks other than 0): the folder is released
+    whatever happens; after a success the ranks' process group is closed together
+    (:func:`coinseg.runtime.device.close_fabric`)."""
+    try:
+        result = train()
+        close_fabric(fabric)
+        return result
+    finally:
+        if run is not None:
+            run.close()
 
 
 def resume_from(
