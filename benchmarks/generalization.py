@@ -358,7 +358,7 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     from coinseg.data.normalise import normalise
     from coinseg.data.slices import load_mask, read_entry
     from coinseg.evaluation.metrics import difference_map
-    from coinseg.predictor import load_predictor, to_original_size
+    from coinseg.predictor import load_predictor
 
     model = load_predictor(root / "gan", "cpu")
     every = read_manifest(manifest)
@@ -366,16 +366,15 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     arrays = [read_entry(e) for e in entries]
     cleans = [np.load(root / "data" / "clean" / e.image.name) for e in entries]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
-    shapes = [a.shape for a in arrays]
     boxes = model.boxes(model.entry_organs(entries, arrays))
     x, x_clean = model.inputs(arrays, boxes), model.inputs(cleans, boxes)
     with torch.no_grad():
         x_cf = torch.cat([model.maps.counterfactual(x[i : i + 64]) for i in range(0, len(x), 64)])
-    oracle = to_original_size(difference_map(x, x_clean), shapes, boxes)
+    oracle = model.to_slices(difference_map(x, x_clean), x, arrays, boxes)  # resized as `segment` does
     native = [
         np.abs(normalise(a, model.window) - normalise(c, model.window)) / 2 for a, c in zip(arrays, cleans, strict=True)
     ]
-    coin = to_original_size(difference_map(x, x_cf), shapes, boxes)
+    coin = model.to_slices(difference_map(x, x_cf), x, arrays, boxes)
     candidates = [("oracle", oracle), ("oracle_native", native), ("coin", coin)]
     train_organs = [read_entry(e, e.organ) > 0 for e in every if e.split == "train" and e.organ is not None]
     if train_organs and len({o.shape for o in train_organs + gts}) == 1:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from coinseg.config import DeviceChoice, Method, Precision, Profile
+from coinseg.config import DeviceChoice, MapUpsample, Method, Precision, Profile
 from coinseg.evaluation.volume import MIN_LESION_MM3
 from coinseg.registry import methods_help, parse_methods
 
@@ -63,6 +63,10 @@ THRESHOLD_HELP = (
     "normal validation slices; 'floor' = the larger of 0.25 and that noise floor"
 )
 GATE_HELP = "no mask on slices the classifier calls normal, f(x) < 0.5 (--no-gate: on every slice)"
+UPSAMPLE_HELP = (
+    "how maps made at the network's size are resized back to each slice: 'guided' by the slice's own pixels "
+    "(edges follow the image), or 'bilinear' (the paper's)"
+)
 
 
 # What to make smaller when a command runs out of memory.
@@ -346,6 +350,7 @@ def segment(
         bool, typer.Option(help="DICOM series input: also write a DICOM-SEG (needs coinseg[dicom-seg])")
     ] = False,
     gate: Annotated[bool, typer.Option(help=GATE_HELP)] = True,
+    upsample: Annotated[MapUpsample, typer.Option(help=UPSAMPLE_HELP)] = MapUpsample.guided,
     device: DeviceOpt = DeviceChoice.auto,
     batch_size: Annotated[int, typer.Option(help="slices per batch (>= 1)")] = 64,
 ) -> None:
@@ -365,6 +370,7 @@ def segment(
         save_maps=save_maps,
         dicom_seg=dicom_seg,
         gate=gate,
+        upsample=upsample,
     )
     typer.echo(str(csv_path))
 
@@ -384,6 +390,7 @@ def evaluate(
     ] = 0.975,
     postprocess: Annotated[bool, typer.Option(help="post-process counterfactual masks (paper: -pcf)")] = False,
     gate: Annotated[bool, typer.Option(help=GATE_HELP + "; all methods")] = True,
+    upsample: Annotated[MapUpsample, typer.Option(help=UPSAMPLE_HELP + "; all methods")] = MapUpsample.guided,
     rise_masks: Annotated[int, typer.Option(help="RISE: number of random masks (>= 1; paper 6000)")] = 6000,
     max_slices: Annotated[
         int | None, typer.Option(help="score a fixed, evenly spaced subset of this many slices (all methods)")
@@ -410,6 +417,7 @@ def evaluate(
         rise_masks=rise_masks,
         max_slices=max_slices,
         gate=gate,
+        upsample=upsample,
     )
     _print_table(metrics)
     typer.echo(str(out / "report.html"))

@@ -94,6 +94,14 @@ class Precision(str, enum.Enum):
     fp16 = "16-mixed"
 
 
+class MapUpsample(str, enum.Enum):
+    """How a map made at the network's size is resized back to a slice (:mod:`coinseg.data.upsample`):
+    ``guided`` by the slice's own pixels, or plain ``bilinear``."""
+
+    guided = "guided"
+    bilinear = "bilinear"
+
+
 class DeviceChoice(str, enum.Enum):
     auto = "auto"
     cpu = "cpu"

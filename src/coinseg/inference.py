@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coinseg.config import DeviceChoice
+from coinseg.config import DeviceChoice, MapUpsample
 from coinseg.data.manifest import Entry, ManifestError, read_manifest
 from coinseg.data.roi import paste_back_values
 from coinseg.data.slices import read_entry
@@ -231,17 +231,18 @@ def segment(
     save_maps: bool = False,
     dicom_seg: bool = False,
     gate: bool = True,
+    upsample: MapUpsample | str = MapUpsample.guided,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
     ``threshold``: a number in [0, 1), ``"auto"`` (the run's calibrated noise floor) or ``"floor"`` (the larger
-    of 0.25 and that floor)."""
+    of 0.25 and that floor). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`)."""
     parsed = parse_threshold(threshold)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     if not min_lesion_mm3 >= 0:
         raise UsageError(f"--min-lesion-mm3 {min_lesion_mm3}: must be >= 0")
     check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
-    model = load_predictor(run_dir, device)
+    model = load_predictor(run_dir, device, upsample)
     rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate)
     warning = model.below_noise_floor(rule.cut)
     if warning:

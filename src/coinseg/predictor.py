@@ -3,7 +3,8 @@ classifier, the intensity window and the network size, and the mask threshold.
 
 For 2-D slices: cut to the run's organ-centred box when it has one (:mod:`coinseg.data.crop`; the slice's organ
 mask is then needed), normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
-|x - x_cf| / 2 resized back (bilinear) to the box or the whole slice, pasted into a zero map of the slice's size.
+|x - x_cf| / 2 resized back to the box or the whole slice (guided by the slice, or bilinear:
+:mod:`coinseg.data.upsample`), pasted into a zero map of the slice's size.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from coinseg.attribution.counterfactual import CounterfactualMaps
-from coinseg.config import DeviceChoice
+from coinseg.config import DeviceChoice, MapUpsample
 from coinseg.data.crop import Box, OrganCrop
 from coinseg.data.manifest import Entry
+from coinseg.data.normalise import normalise
 from coinseg.data.slices import read_organ, slice_tensor
+from coinseg.data.upsample import bilinear, guided
 from coinseg.errors import RunError, UsageError
 from coinseg.evaluation.metrics import difference_map
 from coinseg.method import load_classifier, load_inpainter, probs
@@ -34,8 +36,8 @@ THRESHOLD_RULES = ("auto", "floor")
 @dataclass
 class Predictor:
     """A loaded ``coinseg train`` run: counterfactual maps, the frozen classifier, window, intensity kind
-    ("hu" or "unit"), network size in pixels, device, the threshold calibrated at training time and the
-    organ-centred box (None: whole slices)."""
+    ("hu" or "unit"), network size in pixels, device, the threshold calibrated at training time, the
+    organ-centred box (None: whole slices) and how maps are resized back to the slices."""
 
     maps: CounterfactualMaps
     classifier: nn.Module
@@ -45,6 +47,7 @@ class Predictor:
     device: torch.device
     auto_threshold: float | None = None
     crop: OrganCrop | None = None
+    upsample: MapUpsample = MapUpsample.guided
 
     def threshold(self, value: float | str) -> float:
         """The mask threshold for ``value`` (from :func:`parse_threshold`): a number as it is; ``"auto"`` the
@@ -97,6 +100,19 @@ class Predictor:
             arrays = [OrganCrop.cut(a, box) for a, box in zip(arrays, boxes, strict=True)]
         return torch.stack([slice_tensor(a, self.size, self.window) for a in arrays])[:, None]
 
+    def to_slices(
+        self, maps: torch.Tensor, x: torch.Tensor, arrays: list[np.ndarray], boxes: list[Box] | None = None
+    ) -> list[np.ndarray]:
+        """N x 1 x S x S maps made from the inputs ``x`` (:meth:`inputs` of the raw ``arrays`` and ``boxes``) ->
+        each slice's own H_i x W_i float32 map, resized as ``self.upsample`` says (:func:`to_original_size`)."""
+        shapes = [a.shape for a in arrays]
+        if self.upsample is MapUpsample.bilinear:
+            return to_original_size(maps, shapes, boxes)
+        if boxes is not None:
+            arrays = [OrganCrop.cut(a, box) for a, box in zip(arrays, boxes, strict=True)]
+        guides = [torch.from_numpy(normalise(a, self.window)) for a in arrays]
+        return to_original_size(maps, shapes, boxes, (x, guides))
+
     def probs(self, images: torch.Tensor, batch: int = 64) -> np.ndarray:
         """f(images) for N x 1 x S x S inputs in [-1, 1] (any device), in batches: N probabilities."""
         return probs(self.classifier, images, self.device, batch)
@@ -119,7 +135,7 @@ class Predictor:
             x_cf = self.maps.counterfactual(x)
             p.append(self.probs(x, batch))
             p_cf.append(self.probs(x_cf, batch))
-            diffs.extend(to_original_size(difference_map(x, x_cf), [a.shape for a in chunk], chunk_boxes))
+            diffs.extend(self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes))
         return np.concatenate(p), np.concatenate(p_cf), diffs
 
 
@@ -129,22 +145,33 @@ def gate_maps(maps: list[np.ndarray], probs: np.ndarray) -> list[np.ndarray]:
 
 
 def to_original_size(
-    maps: torch.Tensor, shapes: list[tuple[int, ...]], boxes: list[Box] | None = None
+    maps: torch.Tensor,
+    shapes: list[tuple[int, ...]],
+    boxes: list[Box] | None = None,
+    guides: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
 ) -> list[np.ndarray]:
-    """B x 1 x S x S maps -> list of H_i x W_i float32 arrays, one per original slice shape: resized (bilinear)
-    to the whole slice, or to its box (``boxes``) and pasted into a zero map at the box's pixel offsets."""
-    maps = maps.float().cpu()
+    """B x 1 x S x S maps -> list of H_i x W_i float32 arrays, one per original slice shape: resized to the whole
+    slice, or to its box (``boxes``) and pasted into a zero map at the box's pixel offsets. Bilinear, or with
+    ``guides`` = (the B x 1 x S x S network inputs, each slice or box at its own size in [-1, 1]) guided by the
+    slice (:func:`coinseg.data.upsample.guided`)."""
     out = []
     for i, shape in enumerate(shapes):
         box = None if boxes is None else boxes[i]
-        target = tuple(shape) if box is None else (box[2], box[3])
-        sized = F.interpolate(maps[i : i + 1], size=target, mode="bilinear", align_corners=False)[0, 0].numpy()
+        target = (int(shape[0]), int(shape[1])) if box is None else (box[2], box[3])
+        if guides is None:
+            sized = bilinear(maps[i, 0], target)
+        else:
+            sized = guided(maps[i, 0], guides[0][i, 0], guides[1][i])
+        sized = sized.cpu().numpy()
         out.append(sized if box is None else OrganCrop.paste(sized, box, tuple(shape)))
     return out
 
 
-def load_predictor(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto) -> Predictor:
-    """Load the best E+G and the frozen classifier of a ``coinseg train`` run directory onto ``device``."""
+def load_predictor(
+    run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto, upsample: MapUpsample | str = MapUpsample.guided
+) -> Predictor:
+    """Load the best E+G and the frozen classifier of a ``coinseg train`` run directory onto ``device``; maps
+    will be resized back to the slices as ``upsample`` says."""
     target = resolve_device(device)
     inpainter, settings, ckpt = load_inpainter(run_dir)
     if not (run_dir / "run.json").is_file():
@@ -159,7 +186,15 @@ def load_predictor(run_dir: Path, device: DeviceChoice | str = DeviceChoice.auto
     window = tuple(ckpt["window"]) if ckpt["window"] else None
     crop = OrganCrop.from_json(ckpt.get("crop"))
     return Predictor(
-        maps, classifier, window, ckpt["intensity"], ckpt["size"], target, ckpt.get("auto_threshold"), crop
+        maps,
+        classifier,
+        window,
+        ckpt["intensity"],
+        ckpt["size"],
+        target,
+        ckpt.get("auto_threshold"),
+        crop,
+        MapUpsample(upsample),
     )
 
 

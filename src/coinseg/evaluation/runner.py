@@ -22,7 +22,7 @@ import torch
 
 from coinseg import __version__
 from coinseg.attribution import build_attributor
-from coinseg.config import DeviceChoice
+from coinseg.config import DeviceChoice, MapUpsample
 from coinseg.data.manifest import Entry, read_manifest, select_split
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import load_mask, read_entry
@@ -42,7 +42,7 @@ from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
 from coinseg.io.files import atomic_dir, check_empty_target
 from coinseg.io.images import KIND_NAMES, intensity_for
-from coinseg.predictor import Predictor, gate_maps, load_predictor, parse_threshold, to_original_size
+from coinseg.predictor import Predictor, gate_maps, load_predictor, parse_threshold
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
 from coinseg.reporting.montage import lesion_montage
@@ -149,6 +149,7 @@ def evaluate(
     device: DeviceChoice | str = DeviceChoice.auto,
     singla_run: Path | None = None,
     gate: bool = True,
+    upsample: MapUpsample | str = MapUpsample.guided,
     rise_masks: int = 6000,
     max_slices: int | None = None,
     batch_size: int = 64,
@@ -158,15 +159,16 @@ def evaluate(
     ``threshold`` (counterfactual maps): a number in [0, 1), ``"auto"`` (each run's calibrated noise floor) or
     ``"floor"`` (the larger of 0.25 and that floor).
     ``gate``: every method's map is zero on slices the classifier calls normal (f(x) < 0.5), as ``segment``
-    writes them."""
+    writes them. ``upsample``: how every method's maps are resized back to the slices (guided by the slice, or
+    bilinear; :mod:`coinseg.data.upsample`)."""
     parsed = parse_threshold(threshold)
     check_empty_target(out_dir)  # before any work; again at the end
-    model = load_predictor(run_dir, device)
+    model = load_predictor(run_dir, device, upsample)
     models: dict[str, Predictor] = {model.maps.name: model}
     if "singla" in methods and "singla" not in models:
         if singla_run is None:
             raise UsageError("--methods singla needs --singla-run DIR (a run trained with --method singla)")
-        models["singla"] = load_predictor(singla_run, device)
+        models["singla"] = load_predictor(singla_run, device, upsample)
         _check_compatible(model, models["singla"], run_dir, singla_run)
     counterfactual = [m for m in methods if METHODS[m].kind == "counterfactual"]
     missing = [m for m in counterfactual if m not in models]
@@ -182,7 +184,6 @@ def evaluate(
             f"{KIND_NAMES[model.intensity]}"
         )
     arrays = [read_entry(e) for e in entries]
-    shapes = [a.shape for a in arrays]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     labels = np.array([e.label for e in entries])
     boxes = model.boxes(model.entry_organs(entries, arrays), str(manifest))
@@ -239,7 +240,7 @@ def evaluate(
                 cut = saliency_threshold
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
-            sized = to_original_size(maps, shapes, boxes)
+            sized = model.to_slices(maps, x, arrays, boxes)
             if organs is not None:  # as `segment` writes them: nothing outside the organ
                 sized = [np.where(organ, m, 0.0) for m, organ in zip(sized, organs, strict=True)]
             if gate:  # as `segment` writes them: no mask where f calls the slice normal
@@ -268,6 +269,7 @@ def evaluate(
         "n_slices": len(entries),
         "max_slices": max_slices,
         "gate": gate,
+        "upsample": model.upsample.value,
         "n_abnormal": int((labels == 1).sum()),
         "n_normal": int((labels == 0).sum()),
         "classifier": {"accuracy": accuracy, "auroc": auroc},

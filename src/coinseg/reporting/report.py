@@ -150,6 +150,7 @@ def _summary(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("classifier accuracy", _format(classifier.get("accuracy"), "3f")),
         ("classifier AUROC", _format(classifier.get("auroc"), "3f")),
         ("masks gated by the classifier (none where f(x) < 0.5)", _format(_yes_no(metrics.get("gate")), "text")),
+        ("maps resized back to the slices", _format(metrics.get("upsample"), "text")),
         ("model run", _format(metrics.get("model_run"), "text")),
         ("manifest", _format(metrics.get("manifest"), "text")),
         ("coinseg version", _format(metrics.get("coinseg_version"), "text")),
