@@ -2,6 +2,7 @@
 normalise and resize, E+G, classifier on x and x_cf, paste-back, NIfTI writing), and of the network part alone.
 
     python benchmarks/segment_throughput.py RUN_DIR DATASET_DIR [--device cpu|cuda] [--batch-size 64]
+                                            [--upsample guided|bilinear]
 
 RUN_DIR: a ``coinseg train`` run; DATASET_DIR: a ``coinseg prepare`` folder (e.g. from
 ``benchmarks/data_scale.py --skip-train --work DIR``, then ``DIR/dataset``). Every case is segmented (``--split
@@ -27,13 +28,20 @@ def main() -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--upsample", default="guided", choices=["guided", "bilinear"])
     args = parser.parse_args()
     jobs = collect_jobs(args.dataset, "all")
     n = sum(job.n_slices for job in jobs)
     with tempfile.TemporaryDirectory() as scratch:
         tic = time.perf_counter()
         segment(
-            args.run, args.dataset, Path(scratch) / "out", split="all", device=args.device, batch_size=args.batch_size
+            args.run,
+            args.dataset,
+            Path(scratch) / "out",
+            split="all",
+            device=args.device,
+            batch_size=args.batch_size,
+            upsample=args.upsample,
         )
         total = time.perf_counter() - tic
     predictor = load_predictor(args.run, args.device)
@@ -50,7 +58,7 @@ def main() -> None:
         torch.cuda.synchronize()
     network = reps * args.batch_size / (time.perf_counter() - tic)
     print(f"{len(jobs)} volumes, {n} slices at {predictor.size} px on {predictor.device}, batch {args.batch_size}")
-    print(f"segment end to end: {total:.1f} s, {n / total:.1f} slices/s")
+    print(f"segment end to end ({args.upsample} upsampling): {total:.1f} s, {n / total:.1f} slices/s")
     print(f"network only (E+G, f(x_cf)): {network:.1f} slices/s")
 
 

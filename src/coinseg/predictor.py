@@ -158,11 +158,8 @@ def to_original_size(
     for i, shape in enumerate(shapes):
         box = None if boxes is None else boxes[i]
         target = (int(shape[0]), int(shape[1])) if box is None else (box[2], box[3])
-        if guides is None:
-            sized = bilinear(maps[i, 0], target)
-        else:
-            sized = guided(maps[i, 0], guides[0][i, 0], guides[1][i])
-        sized = sized.cpu().numpy()
+        back = bilinear(maps[i, 0], target) if guides is None else guided(maps[i, 0], guides[0][i, 0], guides[1][i])
+        sized = back.cpu().numpy()
         out.append(sized if box is None else OrganCrop.paste(sized, box, tuple(shape)))
     return out
 
