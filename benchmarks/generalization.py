@@ -20,7 +20,8 @@ lesion (completeness) and the fraction of COIN's change that lies inside the les
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
 
-Finished steps are skipped on a rerun (delete a member's folder to redo it).
+Finished steps are skipped on a rerun (delete a member's folder to redo it); ``--rescore`` evaluates and diagnoses
+the trained runs again, keeping their training times.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -253,13 +255,18 @@ def coinseg(args: list[str], log: Path, nice: int, threads: int | None) -> float
 def run_member(member: Member, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Generate, train, evaluate and diagnose one member; results cached in ``root/result.json``."""
     result_file = root / "result.json"
-    if result_file.exists():
-        return dict(json.loads(result_file.read_text()))
+    previous = json.loads(result_file.read_text()) if result_file.exists() else None
+    if previous is not None and not args.rescore:
+        return dict(previous)
     root.mkdir(parents=True, exist_ok=True)
     log = root / "log.txt"
     tic = time.perf_counter()
     manifest = write_member(member, root / "data", args.n_slices, args.seed)
     seconds = {"data": time.perf_counter() - tic}
+    if previous is not None:  # --rescore: the trained runs are kept, with the seconds their training took
+        seconds = {k: v for k, v in previous["seconds"].items() if not k.startswith("eval")}
+        for tag in ("default", "auto"):
+            shutil.rmtree(root / f"eval-{tag}", ignore_errors=True)
     cpu = ["--device", "cpu"]
     if not (root / "clf" / "test_metrics.json").exists():
         clf_args = ["train-classifier", str(manifest), "--out", str(root / "clf"), *cpu]
@@ -463,6 +470,9 @@ def main() -> None:
         help="OpenMP threads per run; 1 was 3x faster than torch's default on the shared 2-core machine",
     )
     parser.add_argument("--generate-only", action="store_true", help="write the members' data and stop")
+    parser.add_argument(
+        "--rescore", action="store_true", help="evaluate and diagnose the trained runs again (after a change of masks)"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.members.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME]

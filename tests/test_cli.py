@@ -176,8 +176,15 @@ def test_evaluate_compares_methods_on_the_same_slices(
     assert code == 0, output
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["methods"]) == ["coin", "singla", "rise", "scorecam", "layercam"]
+    from coinseg.runtime.checkpoint import load_checkpoint
+
     for name, row in metrics["methods"].items():
-        assert row["threshold"] == (0.25 if name in ("coin", "singla") else 0.975)
+        run = {"coin": coin_run, "singla": singla_run}.get(name)
+        if run is None:
+            assert row["threshold"] == 0.975
+        else:  # the default, floor: the larger of 0.25 and the run's noise floor
+            floor = load_checkpoint(run / "checkpoints" / "best.pt")["auto_threshold"] or 0.0
+            assert row["threshold"] == max(0.25, floor)
         assert row["n_abnormal"] == metrics["n_abnormal"] and row["n_normal"] == metrics["n_normal"]
         assert row["seconds_per_slice"] > 0
     fid_reported = metrics["methods"]["coin"].get("fid_paired") is not None

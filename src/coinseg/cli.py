@@ -59,8 +59,8 @@ DevicesOpt = Annotated[int, typer.Option(help="devices (processes) per node; mor
 NodesOpt = Annotated[int, typer.Option(help="machines; needs torchrun or fabric run on each (see README)")]
 StrategyOpt = Annotated[str, typer.Option(help="auto or ddp (DDP whenever more than one process)")]
 THRESHOLD_HELP = (
-    "mask = |x - x_cf| / 2 > threshold: a number (paper 0.25); 'auto' = the run's noise floor, calibrated on "
-    "normal validation slices; 'floor' = the larger of 0.25 and that noise floor"
+    "mask = |x - x_cf| / 2 > threshold: 'floor' = the larger of the paper's 0.25 and the run's noise floor (the "
+    "change it makes on normal validation slices); 'auto' = that noise floor; or a number"
 )
 GATE_HELP = "no mask on slices the classifier calls normal, f(x) < 0.5 (--no-gate: on every slice)"
 UPSAMPLE_HELP = (
@@ -337,7 +337,7 @@ def segment(
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder (must not exist or be empty)")],
     split: Annotated[str, typer.Option(help="manifest/dataset split to segment, or 'all'")] = "test",
-    threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "0.25",
+    threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "floor",
     postprocess: Annotated[
         bool,
         typer.Option(help="2-D: 3x3 opening, 3x3 closing, largest component; volumes: 3-D lesions >= --min-lesion-mm3"),
@@ -384,7 +384,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="manifest split to score")] = "test",
     methods: Annotated[str, typer.Option(help=methods_help())] = "coin",
     singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
-    threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "0.25",
+    threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "floor",
     saliency_threshold: Annotated[
         float, typer.Option(help="attribution maps (in [0, 1]): mask = map > threshold")
     ] = 0.975,

@@ -223,7 +223,7 @@ def segment(
     source: Path,
     out_dir: Path,
     split: str = "test",
-    threshold: float | str = 0.25,
+    threshold: float | str = "floor",
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
     batch_size: int = 64,
@@ -234,8 +234,8 @@ def segment(
     upsample: MapUpsample | str = MapUpsample.guided,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
-    ``threshold``: a number in [0, 1), ``"auto"`` (the run's calibrated noise floor) or ``"floor"`` (the larger
-    of 0.25 and that floor). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`)."""
+    ``threshold``: ``"floor"`` (default: the larger of 0.25 and the run's calibrated noise floor), ``"auto"``
+    (that noise floor) or a number in [0, 1). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`)."""
     parsed = parse_threshold(threshold)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")

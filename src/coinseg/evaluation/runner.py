@@ -1,9 +1,9 @@
 """``coinseg evaluate``: every method on exactly the same frozen test slices, the same classifier, one table.
 
-Counterfactual methods (COIN, Singla et al.*): map = |x - x_cf| / 2, mask = map > ``threshold`` (paper 0.25).
-Attribution methods (RISE, ScoreCAM, LayerCAM, GradCAM, GradCAM++): min-max normalised map, mask = map >
-``saliency_threshold`` (paper 0.975). Maps are computed at the network size and resized (bilinear) to each
-slice's own resolution, where they are compared with the ground-truth masks (on a `coinseg prepare` store with an
+Counterfactual methods (COIN, Singla et al.*): map = |x - x_cf| / 2, mask = map > ``threshold`` (default
+``floor``: the larger of the paper's 0.25 and the run's noise floor). Attribution methods (RISE, ScoreCAM, LayerCAM,
+GradCAM, GradCAM++): min-max normalised map, mask = map > ``saliency_threshold`` (paper 0.975). Maps are computed
+at the network size and resized (guided by the slice, or bilinear) to each slice's own resolution, where they are compared with the ground-truth masks (on a `coinseg prepare` store with an
 organ, maps are zero outside the organ, as `segment` writes them, and scans are also scored per volume). Metrics: pooled IoU (the paper's),
 mean per-slice IoU and Dice on abnormal slices, the fraction of normal slices with any predicted pixel, pixel
 average precision over all slices (threshold-free), CV and flip rate (counterfactual methods), FID (paired and
@@ -143,7 +143,7 @@ def evaluate(
     out_dir: Path,
     methods: list[str],
     split: str = "test",
-    threshold: float | str = 0.25,
+    threshold: float | str = "floor",
     saliency_threshold: float = 0.975,
     postprocess: bool = False,
     device: DeviceChoice | str = DeviceChoice.auto,
@@ -156,8 +156,8 @@ def evaluate(
     fid_extractor: Any = None,
 ) -> dict[str, Any]:
     """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
-    ``threshold`` (counterfactual maps): a number in [0, 1), ``"auto"`` (each run's calibrated noise floor) or
-    ``"floor"`` (the larger of 0.25 and that floor).
+    ``threshold`` (counterfactual maps): ``"floor"`` (default: the larger of 0.25 and each run's calibrated
+    noise floor), ``"auto"`` (that noise floor) or a number in [0, 1).
     ``gate``: every method's map is zero on slices the classifier calls normal (f(x) < 0.5), as ``segment``
     writes them. ``upsample``: how every method's maps are resized back to the slices (guided by the slice, or
     bilinear; :mod:`coinseg.data.upsample`)."""
