@@ -1,0 +1,95 @@
+"""Mask-free threshold rules scored on a trained run, with the maps as ``segment`` makes them (the run's
+upsampling, default guided; the classifier gate on), on the manifest's test split.
+
+Rules: the paper's 0.25; ``floor`` (the larger of 0.25 and the run's noise floor); ``auto`` (the noise floor);
+``half-max`` (half the median peak change of the validation slices labelled abnormal, computed here at the
+network's size); and, for reference only, the best single threshold found with the test masks. Then, at the
+run's default (``floor``): pixel precision and recall, how many ground-truth lesions (8-connected components)
+the mask touches, the share of false-positive pixels inside the organ (when the manifest has one) and how many
+abnormal slices the gate removed.
+
+    python benchmarks/threshold_rules.py RUN_DIR MANIFEST [--upsample guided|bilinear]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from coinseg.data.manifest import read_manifest
+from coinseg.data.slices import load_mask, read_entry
+from coinseg.evaluation.metrics import SegmentationTally, difference_map
+from coinseg.predictor import gate_maps, load_predictor
+
+
+def score(maps: list[np.ndarray], gts: list[np.ndarray], labels: np.ndarray, cut: float) -> tuple[float, float]:
+    """(pooled IoU, normal-slice false-positive rate) of ``maps > cut``."""
+    tally = SegmentationTally()
+    for m, g, label in zip(maps, gts, labels, strict=True):
+        tally.add(m > cut, g, bool(label))
+    summary = tally.summary()
+    return float(summary["pooled_iou"] or 0.0), float(summary["normal_fp_rate"] or 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--upsample", default="guided", choices=["guided", "bilinear"])
+    args = parser.parse_args()
+    model = load_predictor(args.run, "cpu", args.upsample)
+    rows = read_manifest(args.manifest)
+
+    val = [e for e in rows if e.split == "val"]
+    x_val = model.inputs([read_entry(e) for e in val])
+    with torch.no_grad():
+        cf_val = torch.cat([model.maps.counterfactual(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
+    peaks = difference_map(x_val, cf_val).amax(dim=(1, 2, 3)).numpy()
+    abnormal_val = np.array([e.label for e in val]) == 1
+    half_max = 0.5 * float(np.median(peaks[abnormal_val]))
+
+    test = [e for e in rows if e.split == "test"]
+    arrays = [read_entry(e) for e in test]
+    gts = [load_mask(e, a.shape) for e, a in zip(test, arrays, strict=True)]
+    labels = np.array([e.label for e in test])
+    probs, _, maps = model.run(arrays, organs=model.entry_organs(test, arrays))
+    maps = gate_maps(maps, probs)
+
+    rules = {"0.25": 0.25, "floor": model.threshold("floor"), "half-max": half_max}
+    if model.auto_threshold is not None:
+        rules["auto"] = model.auto_threshold
+    grid = np.round(np.arange(0.02, 0.9, 0.02), 2)
+    best = float(grid[int(np.argmax([score(maps, gts, labels, t)[0] for t in grid]))])
+    print(f"{args.run} ({model.upsample.value} upsampling, gate on), test split")
+    for name, cut in [*rules.items(), ("best (uses the masks)", best)]:
+        iou, fp = score(maps, gts, labels, cut)
+        print(f"  {name:22s} threshold {cut:.3f}: pooled IoU {iou:.3f}, normal FP {fp:.3f}")
+
+    cut = rules["floor"]
+    organs = [read_entry(e, e.organ) > 0 if e.organ else None for e in test]
+    tp = fp = fn = fp_organ = hit = lesions = gated = 0
+    for m, g, label, organ, p in zip(maps, gts, labels, organs, probs, strict=True):
+        if label != 1:
+            continue
+        pred = m > cut
+        tp += int((pred & g).sum())
+        fp += int((pred & ~g).sum())
+        fn += int((~pred & g).sum())
+        fp_organ += int((pred & ~g & organ).sum()) if organ is not None else 0
+        components, n = ndimage.label(g, structure=np.ones((3, 3)))
+        lesions += n
+        hit += sum(bool(pred[components == k].any()) for k in range(1, n + 1))
+        gated += int(p < 0.5)
+    inside = f", {fp_organ / max(fp, 1):.2f} of false-positive pixels inside the organ" if organs[0] is not None else ""
+    print(
+        f"  at floor: precision {tp / max(tp + fp, 1):.3f}, recall {tp / max(tp + fn, 1):.3f}, lesions touched "
+        f"{hit}/{lesions}{inside}, abnormal slices gated away {gated}/{int((labels == 1).sum())}"
+    )
+
+
+if __name__ == "__main__":
+    main()
