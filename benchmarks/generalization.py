@@ -71,6 +71,7 @@ MEMBERS = [
     Member("phantom-dark-subtle", "phantom", (128, 128), "dark", (30, 60), (8, 20), "irregular", (1, 2), False),
     Member("phantom-small-multi", "phantom", (256, 256), "both", (60, 120), (3, 10), "blob", (1, 3), True),
     Member("phantom-wide-lobulated", "phantom", (384, 512), "both", (40, 100), (10, 25), "lobulated", (1, 2), False),
+    Member("phantom-mixed-noorgan", "phantom", (128, 128), "both", (80, 200), (10, 25), "irregular", (1, 2), False),
     Member("ct-kidney", "ct", (202, 244), "both", (40, 90), (8, 20), "irregular", (1, 2), True),
     Member("ct-kidney-dark-noorgan", "ct", (202, 244), "dark", (30, 60), (6, 15), "lobulated", (1, 3), False),
 ]
