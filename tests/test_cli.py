@@ -221,6 +221,12 @@ def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> 
     assert model.threshold("floor") == 0.4 and model.threshold("auto") == 0.4
     model.auto_threshold = 0.1
     assert model.threshold("floor") == 0.25 and model.threshold("auto") == 0.1
+    model.window_from = "body"  # a whole-body window: the noise floor alone, below 0.25 too
+    assert model.threshold("floor") == 0.1
+    model.auto_threshold = None
+    assert model.threshold("floor") == 0.25
+    model.auto_threshold, model.window_from = 0.1, "given"
+    assert model.threshold("floor") == 0.25
     assert model.below_noise_floor(0.25) is None
     model.auto_threshold = 0.4
     assert "below this run's noise floor 0.400" in (model.below_noise_floor(0.25) or "")

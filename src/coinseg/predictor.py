@@ -37,7 +37,8 @@ THRESHOLD_RULES = ("auto", "floor")
 class Predictor:
     """A loaded ``coinseg train`` run: counterfactual maps, the frozen classifier, window, intensity kind
     ("hu" or "unit"), network size in pixels, device, the threshold calibrated at training time, the
-    organ-centred box (None: whole slices) and how maps are resized back to the slices."""
+    organ-centred box (None: whole slices), how maps are resized back to the slices and where the window came
+    from (``"organ"``, ``"body"``, ``"given"``; None: grey values or a run trained before this was recorded)."""
 
     maps: CounterfactualMaps
     classifier: nn.Module
@@ -48,14 +49,19 @@ class Predictor:
     auto_threshold: float | None = None
     crop: OrganCrop | None = None
     upsample: MapUpsample = MapUpsample.guided
+    window_from: str | None = None
 
     def threshold(self, value: float | str) -> float:
         """The mask threshold for ``value`` (from :func:`parse_threshold`): a number as it is; ``"auto"`` the
-        noise floor calibrated on normal validation slices at training time; ``"floor"`` the larger of the
-        paper's 0.25 and that noise floor (0.25 when the run has none)."""
+        noise floor calibrated on normal validation slices at training time; ``"floor"`` that noise floor, and
+        at least the paper's 0.25 unless the window was taken over the whole body (0.25 when the run has no
+        noise floor). The paper's 0.25 is a change of a quarter of an organ window (~40 HU on a kidney window);
+        a body window is 4-6 times wider, so there it would ask lesions for 150-250 HU."""
         if not isinstance(value, str):
             return value
         if value == "floor":
+            if self.window_from == "body" and self.auto_threshold is not None:
+                return self.auto_threshold
             return max(PAPER_THRESHOLD, self.auto_threshold or 0.0)
         if self.auto_threshold is None:
             raise RunError(
@@ -192,6 +198,7 @@ def load_predictor(
         ckpt.get("auto_threshold"),
         crop,
         MapUpsample(upsample),
+        ckpt.get("window_from"),
     )
 
 

@@ -122,3 +122,30 @@ def test_noise_floor_is_the_quantile_of_peak_change_on_normal_slices(
     trainer.counterfactuals = lambda images, batch=64: (x_cf.numpy(), np.full(n, 0.1, np.float32))  # type: ignore[method-assign]
     normal = v[data.val.labels.numpy() == 0]
     assert trainer.validate(data.val)["noise_floor"] == pytest.approx(float(np.quantile(normal, NOISE_FLOOR_QUANTILE)))
+
+
+def test_the_window_records_where_it_came_from(
+    tiny_data: Path, classifier_run: Path, coin_run: Path, tiny: Settings, tmp_path: Path
+) -> None:
+    """prepare_data says whether the window came from organ pixels, body pixels or was given; the classifier's
+    checkpoint keeps it and the GAN's copies it from the classifier (which `--threshold floor` reads)."""
+    import csv
+
+    from coinseg.data.prepare import prepare_data
+    from coinseg.runtime.checkpoint import load_checkpoint
+
+    size, percentiles = tiny.data.size, tiny.data.percentiles
+    assert prepare_data(tiny_data, size, percentiles).window_from == "organ"  # synth rows all have an organ
+    assert prepare_data(tiny_data, size, percentiles, (0.0, 100.0)).window_from == "given"
+    rows = list(csv.DictReader(tiny_data.open()))
+    no_organ = tmp_path / "manifest.csv"
+    with no_organ.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "label", "mask", "split"])
+        writer.writeheader()
+        writer.writerows(
+            {k: (str(tiny_data.parent / r[k]) if k in ("image", "mask") and r[k] else r[k]) for k in writer.fieldnames}
+            for r in rows
+        )
+    assert prepare_data(no_organ, size, percentiles).window_from == "body"
+    assert load_checkpoint(classifier_run / "checkpoints" / "best.pt")["window_from"] == "organ"
+    assert load_checkpoint(coin_run / "checkpoints" / "best.pt")["window_from"] == "organ"

@@ -14,8 +14,10 @@ from coinseg.runtime.console import progress_bar
 
 @dataclass
 class Prepared:
-    """``window``: (lo, hi) HU, or None for grey-value inputs (``intensity == "unit"``); ``crop``: the
-    organ-centred box the slices were cut to, or None (whole slices)."""
+    """``window``: (lo, hi) HU, or None for grey-value inputs (``intensity == "unit"``); ``window_from``: where
+    it came from: ``"organ"`` (percentiles of organ pixels: every training row has an organ mask), ``"body"``
+    (of body pixels, HU > -500), ``"given"`` (passed in: a setting, or the classifier's for a GAN), None for
+    grey values; ``crop``: the organ-centred box the slices were cut to, or None (whole slices)."""
 
     train: SliceSet
     val: SliceSet
@@ -24,6 +26,7 @@ class Prepared:
     intensity: str
     crop: OrganCrop | None = None
     notes: list[str] = field(default_factory=list)
+    window_from: str | None = None
 
 
 def prepare_data(
@@ -47,10 +50,12 @@ def prepare_data(
     train, val, note = training_splits(entries, manifest)
     test = [e for e in entries if e.split == "test"]
     intensity = intensity_of(entries, manifest)
+    window_from = None if intensity == "unit" else "given"
     if intensity == "unit":
         window = None
     elif window is None:
         window = compute_window(train, percentiles, seed)
+        window_from = "organ" if all(e.organ for e in train) else "body"
     notes = [note] if note else []
     if crop is None and organ_margin is not None and all(e.organ for e in entries) and not from_store(entries):
         crop = fit_entries_crop(train, organ_margin)
@@ -62,4 +67,4 @@ def prepare_data(
             if chosen:
                 sets[name] = load_slices(chosen, size, window, lambda n: progress.advance(task, n), crop)
     notes += [f"warning: {problem}" for problem in duplicate_problems(entries, manifest)]
-    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, crop, notes)
+    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, crop, notes, window_from)

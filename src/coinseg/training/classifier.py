@@ -196,6 +196,7 @@ def _train(
         "widths": list(cfg.widths),
         "size": settings.data.size,
         "window": list(data.window) if data.window else None,
+        "window_from": data.window_from,
         "crop": data.crop.to_json() if data.crop else None,
         "intensity": data.intensity,
         "settings": settings_to_dict(settings),

@@ -342,6 +342,7 @@ def train_gan(
     window = tuple(clf_ckpt["window"]) if clf_ckpt["window"] else None
     crop = OrganCrop.from_json(clf_ckpt.get("crop"))  # None for whole slices (and classifiers before crops)
     data = prepare_data(manifest, settings.data.size, settings.data.percentiles, window, settings.seed, crop=crop)
+    data.window_from = clf_ckpt.get("window_from")  # the classifier's window: where it came from, not "given"
     if data.intensity != clf_ckpt["intensity"]:
         raise RunError(
             f"{manifest}: images are {data.intensity} but the classifier was trained on {clf_ckpt['intensity']}"
@@ -392,6 +393,7 @@ def _train(
         "method": cfg.method.value,
         "size": settings.data.size,
         "window": list(data.window) if data.window else None,
+        "window_from": data.window_from,
         "crop": data.crop.to_json() if data.crop else None,
         "intensity": data.intensity,
         "settings": settings_to_dict(settings),
