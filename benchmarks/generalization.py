@@ -378,11 +378,12 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     x, x_clean = model.inputs(arrays, boxes), model.inputs(cleans, boxes)
     with torch.no_grad():
         x_cf = torch.cat([model.maps.counterfactual(x[i : i + 64]) for i in range(0, len(x), 64)])
-    oracle = model.to_slices(difference_map(x, x_clean), x, arrays, boxes)  # resized as `segment` does
+    guides = model.guides(arrays, boxes)
+    oracle = model.to_slices(difference_map(x, x_clean), x, arrays, boxes, guides)  # resized as `segment` does
     native = [
         np.abs(normalise(a, model.window) - normalise(c, model.window)) / 2 for a, c in zip(arrays, cleans, strict=True)
     ]
-    coin = model.to_slices(difference_map(x, x_cf), x, arrays, boxes)
+    coin = model.to_slices(difference_map(x, x_cf), x, arrays, boxes, guides)
     candidates = [("oracle", oracle), ("oracle_native", native), ("coin", coin)]
     train_organs = [read_entry(e, e.organ) > 0 for e in every if e.split == "train" and e.organ is not None]
     if train_organs and len({o.shape for o in train_organs + gts}) == 1:

@@ -234,8 +234,7 @@ def segment(
     upsample: MapUpsample | str = MapUpsample.guided,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
-    ``threshold``: ``"floor"`` (default: the larger of 0.25 and the run's calibrated noise floor), ``"auto"``
-    (that noise floor) or a number in [0, 1). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`)."""
+    ``threshold``: ``"floor"``, ``"auto"`` or a number in [0, 1) (:meth:`coinseg.predictor.Predictor.threshold`). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`)."""
     parsed = parse_threshold(threshold)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")

@@ -77,7 +77,7 @@ class Predictor:
             return None
         return (
             f"warning: threshold {cut:.3f} is below this run's noise floor {self.auto_threshold:.3f} (the change it "
-            "makes on 95 % of normal validation slices): expect false positives; --threshold floor uses the larger"
+            "makes on 95 % of normal validation slices): expect false positives; --threshold floor never goes below it"
         )
 
     def entry_organs(self, entries: list[Entry], arrays: list[np.ndarray]) -> list[np.ndarray] | None:
@@ -102,22 +102,30 @@ class Predictor:
     def inputs(self, arrays: list[np.ndarray], boxes: list[Box] | None = None) -> torch.Tensor:
         """Raw 2-D slices (HU or grey values, any sizes), cut to ``boxes`` when given -> N x 1 x S x S network
         inputs in [-1, 1] (CPU)."""
-        if boxes is not None:
-            arrays = [OrganCrop.cut(a, box) for a, box in zip(arrays, boxes, strict=True)]
-        return torch.stack([slice_tensor(a, self.size, self.window) for a in arrays])[:, None]
+        return torch.stack([slice_tensor(a, self.size, self.window) for a in _cut(arrays, boxes)])[:, None]
+
+    def guides(self, arrays: list[np.ndarray], boxes: list[Box] | None = None) -> list[torch.Tensor] | None:
+        """The guides of guided resizing: each raw slice (cut to its box) at its own resolution, normalised to
+        [-1, 1] (CPU); None when this predictor resizes bilinearly."""
+        if self.upsample is MapUpsample.bilinear:
+            return None
+        return [torch.from_numpy(normalise(a, self.window)) for a in _cut(arrays, boxes)]
 
     def to_slices(
-        self, maps: torch.Tensor, x: torch.Tensor, arrays: list[np.ndarray], boxes: list[Box] | None = None
+        self,
+        maps: torch.Tensor,
+        x: torch.Tensor,
+        arrays: list[np.ndarray],
+        boxes: list[Box] | None = None,
+        guides: list[torch.Tensor] | None = None,
     ) -> list[np.ndarray]:
         """N x 1 x S x S maps made from the inputs ``x`` (:meth:`inputs` of the raw ``arrays`` and ``boxes``) ->
-        each slice's own H_i x W_i float32 map, resized as ``self.upsample`` says (:func:`to_original_size`)."""
-        shapes = [a.shape for a in arrays]
-        if self.upsample is MapUpsample.bilinear:
-            return to_original_size(maps, shapes, boxes)
-        if boxes is not None:
-            arrays = [OrganCrop.cut(a, box) for a, box in zip(arrays, boxes, strict=True)]
-        guides = [torch.from_numpy(normalise(a, self.window)) for a in arrays]
-        return to_original_size(maps, shapes, boxes, (x, guides))
+        each slice's own H_i x W_i float32 map, resized as ``self.upsample`` says (:func:`to_original_size`).
+        ``guides``: :meth:`guides` of the same arrays, for a caller that resizes several maps of them (made
+        here when not given)."""
+        if guides is None:
+            guides = self.guides(arrays, boxes)
+        return to_original_size(maps, [a.shape for a in arrays], boxes, None if guides is None else (x, guides))
 
     def probs(self, images: torch.Tensor, batch: int = 64) -> np.ndarray:
         """f(images) for N x 1 x S x S inputs in [-1, 1] (any device), in batches: N probabilities."""
@@ -143,6 +151,11 @@ class Predictor:
             p_cf.append(self.probs(x_cf, batch))
             diffs.extend(self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes))
         return np.concatenate(p), np.concatenate(p_cf), diffs
+
+
+def _cut(arrays: list[np.ndarray], boxes: list[Box] | None) -> list[np.ndarray]:
+    """``arrays`` cut to their ``boxes`` (as they are when None)."""
+    return arrays if boxes is None else [OrganCrop.cut(a, box) for a, box in zip(arrays, boxes, strict=True)]
 
 
 def gate_maps(maps: list[np.ndarray], probs: np.ndarray) -> list[np.ndarray]:

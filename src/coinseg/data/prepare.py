@@ -37,9 +37,11 @@ def prepare_data(
     seed: int = 0,
     organ_margin: float | None = None,
     crop: OrganCrop | None = None,
+    window_from: str | None = "given",
 ) -> Prepared:
     """Read and validate ``manifest``, compute the window from the training split (unless ``window`` is given,
-    e.g. the classifier's, which a GAN must reuse) and load every split at ``size x size``.
+    e.g. the classifier's, which a GAN must reuse, with ``window_from`` saying where it came from) and load every
+    split at ``size x size``.
 
     Organ-centred crop: ``crop`` given (the classifier's, for a GAN) is used as it is; else, with
     ``organ_margin`` not None and an organ mask on every row of a plain manifest (not a ``coinseg prepare``
@@ -50,9 +52,8 @@ def prepare_data(
     train, val, note = training_splits(entries, manifest)
     test = [e for e in entries if e.split == "test"]
     intensity = intensity_of(entries, manifest)
-    window_from = None if intensity == "unit" else "given"
     if intensity == "unit":
-        window = None
+        window, window_from = None, None
     elif window is None:
         window = compute_window(train, percentiles, seed)
         window_from = "organ" if all(e.organ for e in train) else "body"

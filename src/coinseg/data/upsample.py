@@ -68,5 +68,6 @@ def guided(
             den += weight
     # the nearest network pixel always weighs at least exp(-1/spatial_sigma^2 - 2/range_sigma^2) > 0 in float64;
     # in float32 the range term can underflow for a pixel unlike all its neighbours: fall back to bilinear there
-    fallback = bilinear(low_map, (h, w))
-    return torch.where(den > 1e-20, num / den.clamp_min(1e-20), fallback)
+    weighed = den > 1e-20
+    back = num / den.clamp_min(1e-20)
+    return back if bool(weighed.all()) else torch.where(weighed, back, bilinear(low_map, (h, w)))

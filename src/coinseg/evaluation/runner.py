@@ -1,7 +1,7 @@
 """``coinseg evaluate``: every method on exactly the same frozen test slices, the same classifier, one table.
 
 Counterfactual methods (COIN, Singla et al.*): map = |x - x_cf| / 2, mask = map > ``threshold`` (default
-``floor``: the larger of the paper's 0.25 and the run's noise floor). Attribution methods (RISE, ScoreCAM, LayerCAM,
+``floor``: the run's noise floor, at least the paper's 0.25 unless the window is a whole-body one). Attribution methods (RISE, ScoreCAM, LayerCAM,
 GradCAM, GradCAM++): min-max normalised map, mask = map > ``saliency_threshold`` (paper 0.975). Maps are computed
 at the network size and resized (guided by the slice, or bilinear) to each slice's own resolution, where they are compared with the ground-truth masks (on a `coinseg prepare` store with an
 organ, maps are zero outside the organ, as `segment` writes them, and scans are also scored per volume). Metrics: pooled IoU (the paper's),
@@ -156,8 +156,8 @@ def evaluate(
     fid_extractor: Any = None,
 ) -> dict[str, Any]:
     """Score ``methods`` on ``split`` of ``manifest``; write metrics.json, report.md/html and figures.
-    ``threshold`` (counterfactual maps): ``"floor"`` (default: the larger of 0.25 and each run's calibrated
-    noise floor), ``"auto"`` (that noise floor) or a number in [0, 1).
+    ``threshold`` (counterfactual maps): ``"floor"``, ``"auto"`` or a number in [0, 1)
+    (:meth:`coinseg.predictor.Predictor.threshold`).
     ``gate``: every method's map is zero on slices the classifier calls normal (f(x) < 0.5), as ``segment``
     writes them. ``upsample``: how every method's maps are resized back to the slices (guided by the slice, or
     bilinear; :mod:`coinseg.data.upsample`)."""
@@ -188,6 +188,7 @@ def evaluate(
     labels = np.array([e.label for e in entries])
     boxes = model.boxes(model.entry_organs(entries, arrays), str(manifest))
     x = model.inputs(arrays, boxes)
+    guides = model.guides(arrays, boxes)  # shared by every method's maps
     probs = model.probs(x, batch_size)
     accuracy, auroc = accuracy_auroc(labels, probs)
 
@@ -240,7 +241,7 @@ def evaluate(
                 cut = saliency_threshold
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
-            sized = model.to_slices(maps, x, arrays, boxes)
+            sized = model.to_slices(maps, x, arrays, boxes, guides)
             if organs is not None:  # as `segment` writes them: nothing outside the organ
                 sized = [np.where(organ, m, 0.0) for m, organ in zip(sized, organs, strict=True)]
             if gate:  # as `segment` writes them: no mask where f calls the slice normal

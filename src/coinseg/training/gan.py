@@ -341,8 +341,15 @@ def train_gan(
         )
     window = tuple(clf_ckpt["window"]) if clf_ckpt["window"] else None
     crop = OrganCrop.from_json(clf_ckpt.get("crop"))  # None for whole slices (and classifiers before crops)
-    data = prepare_data(manifest, settings.data.size, settings.data.percentiles, window, settings.seed, crop=crop)
-    data.window_from = clf_ckpt.get("window_from")  # the classifier's window: where it came from, not "given"
+    data = prepare_data(
+        manifest,
+        settings.data.size,
+        settings.data.percentiles,
+        window,
+        settings.seed,
+        crop=crop,
+        window_from=clf_ckpt.get("window_from"),  # the classifier's window: where it came from
+    )
     if data.intensity != clf_ckpt["intensity"]:
         raise RunError(
             f"{manifest}: images are {data.intensity} but the classifier was trained on {clf_ckpt['intensity']}"
