@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +50,6 @@ def test_paste_puts_box_pixels_at_their_slice_pixels() -> None:
         OrganCrop.paste(values, (5, 7, 4, 4), (10, 12))
 
 
-class RemoveAll:
-    """A stand-in counterfactual that turns every pixel to -1 (the window's floor): the difference map is then
-    (x + 1) / 2, i.e. 1 exactly where the input is at the window's top."""
-
-    name = "stub"
-
-    def counterfactual(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x, -1.0)
-
-
-class Zero(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(len(x), 1)
-
-
 @pytest.mark.parametrize(
     ("shape", "organ_rows", "organ_cols"),
     [
@@ -73,9 +59,11 @@ class Zero(torch.nn.Module):
     ],
     ids=["inside", "against-the-corner", "box-the-image-height"],
 )
-def test_a_lesion_comes_back_at_its_own_pixels(shape: tuple[int, int], organ_rows: slice, organ_cols: slice) -> None:
+def test_a_lesion_comes_back_at_its_own_pixels(
+    shape: tuple[int, int], organ_rows: slice, organ_cols: slice, remove_all_predictor: Callable[..., Predictor]
+) -> None:
     """A box of the network's size (16 x 16, no resizing): pixels at the window's top come back exactly there."""
-    model = Predictor(RemoveAll(), Zero(), (0.0, 100.0), "hu", 16, torch.device("cpu"), crop=OrganCrop(16, 16))  # type: ignore[arg-type]
+    model = remove_all_predictor((0.0, 100.0), 16, crop=OrganCrop(16, 16))
     organ = organ_at(shape, organ_rows, organ_cols)
     image = np.zeros(shape, np.float32)
     lesion = organ.copy()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -64,20 +66,10 @@ def test_a_pixel_unlike_every_neighbour_falls_back_to_bilinear() -> None:
     assert float(back[5, 9]) == pytest.approx(float(bilinear(low_map, (16, 16))[5, 9]))
 
 
-class RemoveAll(torch.nn.Module):
-    name = "remove-all"
-
-    def counterfactual(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x, -1.0)
-
-
-class Zero(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(len(x), 1)
-
-
 @pytest.mark.parametrize("upsample", list(MapUpsample))
-def test_the_predictor_resizes_as_it_is_told(upsample: MapUpsample) -> None:
+def test_the_predictor_resizes_as_it_is_told(
+    upsample: MapUpsample, remove_all_predictor: Callable[..., Predictor]
+) -> None:
     """Predictor.run on a 90 x 70 HU slice with a 30 HU-bright lesion, at a 32 px network size: guided maps put
     the lesion's edge on its pixels, bilinear ones do not; both have the slice's shape."""
     shape, rows, cols = (90, 70), slice(40, 51), slice(13, 20)
@@ -85,7 +77,7 @@ def test_the_predictor_resizes_as_it_is_told(upsample: MapUpsample) -> None:
     hu[rows, cols] = 30.0
     lesion = np.zeros(shape, bool)
     lesion[rows, cols] = True
-    model = Predictor(RemoveAll(), Zero(), (0.0, 30.0), "hu", 32, torch.device("cpu"), upsample=upsample)  # type: ignore[arg-type]
+    model = remove_all_predictor((0.0, 30.0), 32, upsample=upsample)
     _, _, maps = model.run([hu])
     assert maps[0].shape == shape
     # |x - x_cf| / 2 is 1 on the lesion, 0 on the rest: half of it is the edge
