@@ -1,13 +1,16 @@
-"""Shared fixtures: a tiny synthetic data set and tiny trained runs (CPU, seconds)."""
+"""Shared fixtures: a tiny synthetic data set, tiny trained runs (CPU, seconds), and a stand-in predictor whose
+counterfactual removes every pixel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from coinseg.config import Settings, apply_method, save_settings, settings_from_dict
+from coinseg.predictor import Predictor
 
 # One intra-op thread: the tests' networks are tiny, and on a 2-core machine with anything else running (or the
 # 2-process DDP tests) torch's default of one thread per core oversubscribes the cores: measured, the suite took
@@ -84,3 +87,32 @@ def singla_run(tiny_data: Path, classifier_run: Path, tmp_path_factory: pytest.T
     out = tmp_path_factory.mktemp("runs") / "singla"
     train_gan(tiny_data, classifier_run, out, settings, device="cpu")
     return out
+
+
+class _RemoveAll(torch.nn.Module):
+    """A stand-in inpainter whose counterfactual turns every pixel to -1 (the window's floor): the difference map
+    is then (x + 1) / 2, i.e. 1 exactly where the input is at the window's top."""
+
+    name = "remove-all"
+
+    def counterfactual(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, -1.0)
+
+
+class _Undecided(torch.nn.Module):
+    """A stand-in classifier: logit 0 (probability 0.5, so no map is gated away) for every image
+    (B x 1 x H x W -> B logits, as :class:`coinseg.models.classifier.Classifier`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(x))
+
+
+@pytest.fixture
+def remove_all_predictor() -> Callable[..., Predictor]:
+    """``make(window, size, **options)``: a CPU :class:`Predictor` over HU slices with the stand-in inpainter and
+    classifier, the HU ``window`` (lo, hi) and the network ``size`` in px; options as Predictor's (crop, upsample)."""
+
+    def make(window: tuple[float, float], size: int, **options: object) -> Predictor:
+        return Predictor(_RemoveAll(), _Undecided(), window, "hu", size, torch.device("cpu"), **options)
+
+    return make

@@ -2,7 +2,8 @@
 
 INPUT is one of:
 
-* a manifest CSV (rows of ``--split``, or ``all``): one PNG mask (0/255) per 2-D row, at the row's own size;
+* a manifest CSV (rows of ``--split``, or ``all``): one PNG mask (0/255) per 2-D row, at the row's own size,
+  nothing outside the row's organ mask when it has one;
 * one image file, or a folder of 2-D images: one PNG mask each;
 * a NIfTI volume or a DICOM series folder: one NIfTI mask with the input's exact shape and affine;
 * a dataset folder written by ``coinseg prepare`` (``manifest.csv`` + ``store/``): one NIfTI mask per case (scan)
@@ -164,11 +165,9 @@ def _volume_maps(model: Predictor, job: Job, rule: MaskRule) -> tuple[np.ndarray
     if job.stored is not None:
         stored = job.stored
         slices = [np.asarray(stored.image[n], dtype=np.float32) for n in range(len(stored.image))]
-        organs = [np.asarray(o) for o in stored.organ] if stored.organ is not None and model.crop else None
-        probs, probs_cf, diffs = model.run(slices, batch, organs, job.source)
+        organs = None if stored.organ is None else [np.asarray(o) for o in stored.organ]
+        probs, probs_cf, diffs = model.run(slices, batch, organs, job.source)  # nothing outside the organ
         maps = np.stack(_gated(diffs, probs, rule.gate))
-        if stored.organ is not None:
-            maps = np.where(np.asarray(stored.organ) != 0, maps, 0.0).astype(np.float32)
         return probs, probs_cf, paste_back_values(stored.geometry, maps, 0.0), stored.geometry.affine
     image = job.image
     assert image is not None and image.affine is not None

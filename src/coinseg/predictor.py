@@ -4,11 +4,13 @@ classifier, the intensity window and the network size, and the mask threshold.
 For 2-D slices: cut to the run's organ-centred box when it has one (:mod:`coinseg.data.crop`; the slice's organ
 mask is then needed), normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
 |x - x_cf| / 2 resized back to the box or the whole slice (guided by the slice, or bilinear:
-:mod:`coinseg.data.upsample`), pasted into a zero map of the slice's size.
+:mod:`coinseg.data.upsample`), pasted into a zero map of the slice's size, and zero outside the slice's organ
+when it has an organ mask (lesions are looked for inside the organ, as on a ``coinseg prepare`` dataset).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,24 +82,22 @@ class Predictor:
             "makes on 95 % of normal validation slices): expect false positives; --threshold floor never goes below it"
         )
 
-    def entry_organs(self, entries: list[Entry], arrays: list[np.ndarray]) -> list[np.ndarray] | None:
-        """The organ masks of manifest ``entries`` (``arrays``: their slices), read only when the run crops and
-        every entry has one; else None (:meth:`boxes` then says what is missing)."""
-        if self.crop is None or any(e.organ is None for e in entries):
-            return None
-        return [read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
+    def entry_organs(self, entries: list[Entry], arrays: list[np.ndarray]) -> list[np.ndarray | None]:
+        """The organ mask of each manifest entry (bool, the shape of its slice in ``arrays``); None for a row
+        without one."""
+        return [None if e.organ is None else read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
 
-    def boxes(self, organs: list[np.ndarray] | None, source: str = "the input") -> list[Box] | None:
+    def boxes(self, organs: Sequence[np.ndarray | None] | None, source: str = "the input") -> list[Box] | None:
         """Each slice's box from its organ mask (H x W, nonzero = organ) when the run crops; None when it does
-        not. A cropping run without organ masks is an error naming ``source``."""
+        not. A cropping run without every slice's organ mask is an error naming ``source``."""
         if self.crop is None:
             return None
-        if organs is None:
+        if organs is None or any(organ is None for organ in organs):
             raise RunError(
                 f"{source}: this run was trained on organ-centred crops and needs each slice's organ mask; "
                 "give a manifest with an organ column (or a prepared dataset with organs)"
             )
-        return [self.crop.box(organ) for organ in organs]
+        return [self.crop.box(organ) for organ in organs if organ is not None]
 
     def inputs(self, arrays: list[np.ndarray], boxes: list[Box] | None = None) -> torch.Tensor:
         """Raw 2-D slices (HU or grey values, any sizes), cut to ``boxes`` when given -> N x 1 x S x S network
@@ -135,11 +135,12 @@ class Predictor:
         self,
         arrays: list[np.ndarray],
         batch: int = 64,
-        organs: list[np.ndarray] | None = None,
+        organs: Sequence[np.ndarray | None] | None = None,
         source: str = "the input",
     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Raw 2-D slices (and their organ masks, needed by a cropping run) -> (f(x), f(x_cf), difference maps at
-        each slice's own size, float32 in [0, 1])."""
+        """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1]).
+        ``organs``: each slice's organ mask (nonzero = organ) or None; a cropping run needs every one, and a map
+        is zero outside its slice's organ (:func:`confine_maps`)."""
         boxes = self.boxes(organs, source)
         p, p_cf, diffs = [], [], []
         for start in range(0, len(arrays), batch):
@@ -150,7 +151,7 @@ class Predictor:
             p.append(self.probs(x, batch))
             p_cf.append(self.probs(x_cf, batch))
             diffs.extend(self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes))
-        return np.concatenate(p), np.concatenate(p_cf), diffs
+        return np.concatenate(p), np.concatenate(p_cf), confine_maps(diffs, organs)
 
 
 def _cut(arrays: list[np.ndarray], boxes: list[Box] | None) -> list[np.ndarray]:
@@ -161,6 +162,15 @@ def _cut(arrays: list[np.ndarray], boxes: list[Box] | None) -> list[np.ndarray]:
 def gate_maps(maps: list[np.ndarray], probs: np.ndarray) -> list[np.ndarray]:
     """The classifier gate: ``maps`` with those of slices f calls normal (``probs`` < 0.5) set to zero."""
     return [m if p >= 0.5 else np.zeros_like(m) for m, p in zip(maps, probs, strict=True)]
+
+
+def confine_maps(maps: list[np.ndarray], organs: Sequence[np.ndarray | None] | None) -> list[np.ndarray]:
+    """``maps`` (H x W each) set to zero outside their slice's organ mask (same shape, nonzero = organ) where one is
+    given; a map without one (None, or ``organs`` None) is left as it is. Lesions are looked for inside the organ,
+    so an organ mask must cover its lesions (``coinseg prepare`` stores the organ joined with the lesion masks)."""
+    if organs is None:
+        return maps
+    return [m if o is None else np.where(o != 0, m, 0.0).astype(m.dtype) for m, o in zip(maps, organs, strict=True)]
 
 
 def to_original_size(

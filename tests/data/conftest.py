@@ -1,5 +1,4 @@
-"""Fixtures of the data tests: tiny KiTS- and nnU-Net-layout studies with known tumour planes (``coinseg prepare``),
-and a predictor whose counterfactual removes every pixel (the crop and resize paths)."""
+"""Study fixtures for ``coinseg prepare`` tests: tiny KiTS- and nnU-Net-layout studies with known tumour planes."""
 
 from __future__ import annotations
 
@@ -10,9 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-
-from coinseg.predictor import Predictor
 
 KIDNEY_PLANES = range(2, 10)  # stored-axis indices holding kidney
 TUMOUR_PLANES = (4, 5, 6)  # 6 x 6 voxels of 1.5 mm = 81 mm^2: abnormal
@@ -85,31 +81,3 @@ def kits_study() -> Callable[[Path, int], Path]:
 def nnunet_study() -> Callable[[Path], Path]:
     """``make(root)``: an nnU-Net raw study of three cases, RAS, LPS and oblique."""
     return _nnunet
-
-
-class _RemoveAll(torch.nn.Module):
-    """A stand-in inpainter whose counterfactual turns every pixel to -1 (the window's floor): the difference map
-    is then (x + 1) / 2, i.e. 1 exactly where the input is at the window's top."""
-
-    name = "remove-all"
-
-    def counterfactual(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x, -1.0)
-
-
-class _Undecided(torch.nn.Module):
-    """A stand-in classifier: logit 0 for every image (B x 1 x H x W -> B x 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(len(x), 1)
-
-
-@pytest.fixture
-def remove_all_predictor() -> Callable[..., Predictor]:
-    """``make(window, size, **options)``: a CPU :class:`Predictor` over HU slices with the stand-in inpainter and
-    classifier, the HU ``window`` (lo, hi) and the network ``size`` in px; options as Predictor's (crop, upsample)."""
-
-    def make(window: tuple[float, float], size: int, **options: object) -> Predictor:
-        return Predictor(_RemoveAll(), _Undecided(), window, "hu", size, torch.device("cpu"), **options)
-
-    return make

@@ -3,8 +3,10 @@
 Counterfactual methods (COIN, Singla et al.*): map = |x - x_cf| / 2, mask = map > ``threshold`` (default
 ``floor``: the run's noise floor, at least the paper's 0.25 unless the window is a whole-body one). Attribution methods (RISE, ScoreCAM, LayerCAM,
 GradCAM, GradCAM++): min-max normalised map, mask = map > ``saliency_threshold`` (paper 0.975). Maps are computed
-at the network size and resized (guided by the slice, or bilinear) to each slice's own resolution, where they are compared with the ground-truth masks (on a `coinseg prepare` store with an
-organ, maps are zero outside the organ, as `segment` writes them, and scans are also scored per volume). Metrics: pooled IoU (the paper's),
+at the network size and resized (guided by the slice, or bilinear) to each slice's own resolution, where they are
+compared with the ground-truth masks; a slice with an organ mask (a manifest's organ column, a `coinseg prepare`
+store's organ) has its maps zero outside the organ, as `segment` writes them. Slices of a store are also scored
+per volume (scan). Metrics: pooled IoU (the paper's),
 mean per-slice IoU and Dice on abnormal slices, the fraction of normal slices with any predicted pixel, pixel
 average precision over all slices (threshold-free), CV and flip rate (counterfactual methods), FID (paired and
 realism; when Inception weights are available), seconds per slice.
@@ -42,7 +44,7 @@ from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
 from coinseg.io.files import atomic_dir, check_empty_target
 from coinseg.io.images import KIND_NAMES, intensity_for
-from coinseg.predictor import Predictor, gate_maps, load_predictor, parse_threshold
+from coinseg.predictor import Predictor, confine_maps, gate_maps, load_predictor, parse_threshold
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
 from coinseg.reporting.montage import lesion_montage
@@ -186,7 +188,8 @@ def evaluate(
     arrays = [read_entry(e) for e in entries]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     labels = np.array([e.label for e in entries])
-    boxes = model.boxes(model.entry_organs(entries, arrays), str(manifest))
+    organs = model.entry_organs(entries, arrays)
+    boxes = model.boxes(organs, str(manifest))
     x = model.inputs(arrays, boxes)
     guides = model.guides(arrays, boxes)  # shared by every method's maps
     probs = model.probs(x, batch_size)
@@ -207,7 +210,6 @@ def evaluate(
     results: dict[str, dict[str, Any]] = {}
     masks_by_method: dict[str, list[np.ndarray]] = {}
     per_scan = from_store(entries)  # slices of a `coinseg prepare` store: also scored per volume (scan)
-    organs = [read_entry(e, e.organ) > 0 for e in entries] if per_scan and all(e.organ for e in entries) else None
     scans: dict[str, list[CaseMasks]] = {}
     for name in methods:
         with progress_bar(f"evaluate {name}", 1) as (progress, task):
@@ -242,8 +244,7 @@ def evaluate(
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
             sized = model.to_slices(maps, x, arrays, boxes, guides)
-            if organs is not None:  # as `segment` writes them: nothing outside the organ
-                sized = [np.where(organ, m, 0.0) for m, organ in zip(sized, organs, strict=True)]
+            sized = confine_maps(sized, organs)  # as `segment` writes them: nothing outside the organ
             if gate:  # as `segment` writes them: no mask where f calls the slice normal
                 sized = gate_maps(sized, probs)
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned)
