@@ -355,7 +355,8 @@ def segment(
     device: DeviceOpt = DeviceChoice.auto,
     batch_size: Annotated[int, typer.Option(help="slices per batch (>= 1)")] = 64,
 ) -> None:
-    """Write lesion masks (one per 2-D input, one NIfTI per volume or case) and predictions.csv."""
+    """Write lesion masks (one per 2-D input, one NIfTI per volume or case) and predictions.csv; a slice with an
+    organ mask (manifest organ column, prepared dataset) is masked only inside its organ."""
     from coinseg.inference import segment as run_segment
 
     csv_path = run_segment(
@@ -398,7 +399,8 @@ def evaluate(
     ] = None,
     device: DeviceOpt = DeviceChoice.auto,
 ) -> None:
-    """Score methods on the same frozen slices: metrics.json, report.md, report.html, figures."""
+    """Score methods on the same frozen slices: metrics.json, report.md, report.html, figures (maps of a slice
+    with an organ mask are zero outside its organ, as segment writes them)."""
     from coinseg.evaluation.runner import evaluate as run_evaluate
 
     _require(0.0 <= saliency_threshold <= 1.0, "--saliency-threshold", saliency_threshold, "must be in [0, 1]")
