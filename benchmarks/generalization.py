@@ -374,7 +374,9 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     arrays = [read_entry(e) for e in entries]
     cleans = [np.load(root / "data" / "clean" / e.image.name) for e in entries]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
-    boxes = model.boxes(model.entry_organs(entries, arrays))
+    organs = model.entry_organs(entries, arrays)
+    boxes = model.boxes(organs)
+    arrays, cleans = model.seen(arrays, organs), model.seen(cleans, organs)  # as the networks see them
     x, x_clean = model.inputs(arrays, boxes), model.inputs(cleans, boxes)
     with torch.no_grad():
         x_cf = torch.cat([model.maps.counterfactual(x[i : i + 64]) for i in range(0, len(x), 64)])

@@ -45,7 +45,9 @@ def main() -> None:
     rows = read_manifest(args.manifest)
 
     val = [e for e in rows if e.split == "val"]
-    x_val = model.inputs([read_entry(e) for e in val])
+    val_arrays = [read_entry(e) for e in val]
+    val_organs = model.entry_organs(val, val_arrays)
+    x_val = model.inputs(model.seen(val_arrays, val_organs), model.boxes(val_organs))
     with torch.no_grad():
         cf_val = torch.cat([model.maps.counterfactual(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
     peaks = difference_map(x_val, cf_val).amax(dim=(1, 2, 3)).numpy()

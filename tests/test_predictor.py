@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from coinseg import inference
+from coinseg.errors import RunError
 from coinseg.inference import segment
 from coinseg.predictor import Predictor, confine_maps
 
@@ -66,3 +67,16 @@ def test_segment_on_a_manifest_confines_masks_to_the_row_organ(
     anywhere = np.asarray(Image.open(tmp_path / "seg" / rows["b.npy"]["mask"])) > 0
     np.testing.assert_array_equal(inside, lesion & organ)
     np.testing.assert_array_equal(anywhere, lesion)
+
+
+def test_an_organ_only_predictor_blanks_what_the_networks_see(remove_all_predictor: Callable[..., Predictor]) -> None:
+    """The network input of an organ-only run is the window's floor (-1) away from the organ; the raw slice is
+    not changed; without organ masks the run is refused."""
+    hu, organ, _ = lesion_across_the_organ_edge()
+    hu[35:, 40:] = 100.0  # bright, far from the organ
+    model = remove_all_predictor((0.0, 100.0), 40, organ_only=True)
+    (shown,) = model.seen([hu], [organ])
+    assert shown[35:, 40:].max() == -np.inf and hu[35:, 40:].min() == 100.0
+    assert np.array_equal(shown[organ], hu[organ])
+    with pytest.raises(RunError, match="saw only each slice's organ"):
+        model.run([hu])

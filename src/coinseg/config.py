@@ -118,12 +118,18 @@ class DataConfig:
     each slice's organ (a square of the longest training organ extent, widened by this fraction of it on each
     side) instead of the whole slice (:mod:`coinseg.data.crop`); None = whole slices (the paper's setting, and
     the default: on the generalization suite the crop did not improve COIN's masks, see benchmarks/RESULTS.md).
+    ``organ_only``: when every row has an organ mask, the networks see only the organ (and a rim of
+    ``coinseg.data.crop.ORGAN_RIM_PX`` pixels): every other pixel is set to the window's floor
+    (:func:`coinseg.data.crop.blank_outside`); False = whole slices as they are (the paper's setting, and the
+    default: on the suite it lifts the real CT but the ``floor`` threshold then sits too low for strong
+    lesions, see benchmarks/RESULTS.md).
     """
 
     size: int = 64
     window: list[float] | None = None
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     organ_margin: float | None = None
+    organ_only: bool = False
 
 
 @dataclass

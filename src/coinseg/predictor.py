@@ -1,7 +1,9 @@
 """A trained run ready for inference (nnU-Net calls this a predictor): counterfactual maps, the frozen
 classifier, the intensity window and the network size, and the mask threshold.
 
-For 2-D slices: cut to the run's organ-centred box when it has one (:mod:`coinseg.data.crop`; the slice's organ
+For 2-D slices: blanked outside the organ when the run's networks saw only the organ
+(:func:`coinseg.data.crop.blank_outside`; the slice's organ mask is then needed), cut to the run's organ-centred box
+when it has one (:mod:`coinseg.data.crop`; the slice's organ
 mask is then needed), normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
 |x - x_cf| / 2 resized back to the box or the whole slice (guided by the slice, or bilinear:
 :mod:`coinseg.data.upsample`), pasted into a zero map of the slice's size, and zero outside the slice's organ
@@ -20,7 +22,7 @@ from torch import nn
 
 from coinseg.attribution.counterfactual import CounterfactualMaps
 from coinseg.config import DeviceChoice, MapUpsample
-from coinseg.data.crop import Box, OrganCrop
+from coinseg.data.crop import Box, OrganCrop, blank_outside
 from coinseg.data.manifest import Entry
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import read_organ, slice_tensor
@@ -39,8 +41,9 @@ THRESHOLD_RULES = ("auto", "floor")
 class Predictor:
     """A loaded ``coinseg train`` run: counterfactual maps, the frozen classifier, window, intensity kind
     ("hu" or "unit"), network size in pixels, device, the threshold calibrated at training time, the
-    organ-centred box (None: whole slices), how maps are resized back to the slices and where the window came
-    from (``"organ"``, ``"body"``, ``"given"``; None: grey values or a run trained before this was recorded)."""
+    organ-centred box (None: whole slices), how maps are resized back to the slices, where the window came
+    from (``"organ"``, ``"body"``, ``"given"``; None: grey values or a run trained before this was recorded) and
+    whether the networks saw only each slice's organ."""
 
     maps: CounterfactualMaps
     classifier: nn.Module
@@ -52,6 +55,7 @@ class Predictor:
     crop: OrganCrop | None = None
     upsample: MapUpsample = MapUpsample.guided
     window_from: str | None = None
+    organ_only: bool = False
 
     def threshold(self, value: float | str) -> float:
         """The mask threshold for ``value`` (from :func:`parse_threshold`): a number as it is; ``"auto"`` the
@@ -86,6 +90,21 @@ class Predictor:
         """The organ mask of each manifest entry (bool, the shape of its slice in ``arrays``); None for a row
         without one."""
         return [None if e.organ is None else read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
+
+    def seen(
+        self, arrays: list[np.ndarray], organs: Sequence[np.ndarray | None] | None, source: str = "the input"
+    ) -> list[np.ndarray]:
+        """Raw 2-D slices as the networks saw them in training: blanked outside their organ mask (nonzero = organ)
+        when the run is organ-only, else as they are. An organ-only run without every slice's organ mask is an
+        error naming ``source``."""
+        if not self.organ_only:
+            return arrays
+        if organs is None or any(organ is None for organ in organs):
+            raise RunError(
+                f"{source}: this run's networks saw only each slice's organ and need its organ mask; give a "
+                "manifest with an organ column (or a prepared dataset with organs)"
+            )
+        return [blank_outside(a, o) for a, o in zip(arrays, organs, strict=True) if o is not None]
 
     def boxes(self, organs: Sequence[np.ndarray | None] | None, source: str = "the input") -> list[Box] | None:
         """Each slice's box from its organ mask (H x W, nonzero = organ) when the run crops; None when it does
@@ -139,12 +158,13 @@ class Predictor:
         source: str = "the input",
     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1]).
-        ``organs``: each slice's organ mask (nonzero = organ) or None; a cropping run needs every one, and a map
-        is zero outside its slice's organ (:func:`confine_maps`)."""
+        ``organs``: each slice's organ mask (nonzero = organ) or None; an organ-only or cropping run needs every
+        one, and a map is zero outside its slice's organ (:func:`confine_maps`)."""
         boxes = self.boxes(organs, source)
+        shown = self.seen(arrays, organs, source)
         p, p_cf, diffs = [], [], []
         for start in range(0, len(arrays), batch):
-            chunk = arrays[start : start + batch]
+            chunk = shown[start : start + batch]
             chunk_boxes = None if boxes is None else boxes[start : start + batch]
             x = self.inputs(chunk, chunk_boxes).to(self.device)
             x_cf = self.maps.counterfactual(x)
@@ -222,6 +242,7 @@ def load_predictor(
         crop,
         MapUpsample(upsample),
         ckpt.get("window_from"),
+        bool(ckpt.get("organ_only")),
     )
 
 

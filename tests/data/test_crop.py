@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from coinseg.cli import app
 from coinseg.config import Settings, save_settings
-from coinseg.data.crop import OrganCrop, fit_crop
+from coinseg.data.crop import ORGAN_RIM_PX, OrganCrop, blank_outside, fit_crop
+from coinseg.data.normalise import normalise
 from coinseg.predictor import Predictor
 
 
@@ -120,3 +121,81 @@ def test_a_cropping_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Set
     np.save(lone, np.load(tiny_data.parent / test[0]["image"]))
     result = runner.invoke(app, ["segment", str(tmp_path / "gan"), str(lone), "--out", str(tmp_path / "s2")])
     assert result.exit_code == 2 and "organ-centred crops" in result.output
+
+
+def test_blank_outside_keeps_the_organ_and_its_rim() -> None:
+    """A 3 x 3 organ at rows/cols 5-7 of a 12 x 12 slice: pixels up to 2 four-connected steps away keep their
+    value, farther ones become the window's floor."""
+    assert ORGAN_RIM_PX == 2
+    organ = np.zeros((12, 12), np.uint8)
+    organ[5:8, 5:8] = 1
+    out = blank_outside(np.full((12, 12), 50, np.int16), organ)
+    assert out.dtype == np.float32
+    for kept in [(6, 6), (3, 6), (6, 9), (4, 4), (9, 7)]:
+        assert out[kept] == 50.0, kept
+    for gone in [(2, 6), (6, 10), (3, 4), (9, 8), (0, 0)]:
+        assert out[gone] == -np.inf, gone
+    assert np.array_equal(normalise(out, (0.0, 100.0))[out == -np.inf], np.full(int((out == -np.inf).sum()), -1.0))
+    assert (blank_outside(np.ones((4, 4)), np.zeros((4, 4))) == -np.inf).all()
+
+
+def test_an_organ_only_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
+    """Both networks record the organ-only input; segment keeps every mask inside its organ, refuses an input
+    without organ masks, and a GAN cannot be trained against the classifier on a manifest without them."""
+    settings = tiny
+    settings.data.organ_only = True
+    config = tmp_path / "organ.yaml"
+    save_settings(settings, config)
+    runner = CliRunner()
+
+    def invoke(*args: object) -> str:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return str(result.output)
+
+    common = ("--config", config, "--device", "cpu")
+    invoke("train-classifier", tiny_data, "--out", tmp_path / "clf", *common)
+    invoke("train", tiny_data, "--classifier", tmp_path / "clf", "--out", tmp_path / "gan", *common)
+    clf = torch.load(tmp_path / "clf" / "checkpoints" / "best.pt", weights_only=True)
+    gan = torch.load(tmp_path / "gan" / "checkpoints" / "best.pt", weights_only=True)
+    assert clf["organ_only"] is True and gan["organ_only"] is True
+    assert "organ-only input" in (tmp_path / "clf" / "log.txt").read_text()
+    invoke("evaluate", tmp_path / "gan", tiny_data, "--out", tmp_path / "ev", "--device", "cpu")
+
+    invoke("segment", tmp_path / "gan", tiny_data, "--out", tmp_path / "seg", "--threshold", "0", "--device", "cpu")
+    rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
+    test = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
+    assert len(rows) == len(test) > 0
+    from PIL import Image as PILImage
+
+    for row, entry in zip(rows, test, strict=True):
+        organ = np.load(tiny_data.parent / entry["organ"]) > 0
+        mask = np.asarray(PILImage.open(tmp_path / "seg" / row["mask"])) > 0
+        assert mask.shape == organ.shape and not (mask & ~organ).any()
+
+    lone = tmp_path / "lone.npy"
+    np.save(lone, np.load(tiny_data.parent / test[0]["image"]))
+    result = runner.invoke(app, ["segment", str(tmp_path / "gan"), str(lone), "--out", str(tmp_path / "s2")])
+    assert result.exit_code == 2 and "saw only each slice's organ" in result.output
+
+    no_organs = tmp_path / "no-organs.csv"
+    with tiny_data.open() as source, no_organs.open("w", newline="") as target:
+        reader = csv.DictReader(source)
+        fields = [f for f in reader.fieldnames or [] if f != "organ"]
+        writer = csv.DictWriter(target, fieldnames=fields)
+        writer.writeheader()
+        for r in reader:
+            writer.writerow({k: (str(tiny_data.parent / r[k]) if k in ("image", "mask") else r[k]) for k in fields})
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(no_organs),
+            "--classifier",
+            str(tmp_path / "clf"),
+            "--out",
+            str(tmp_path / "g2"),
+            *map(str, common),
+        ],
+    )
+    assert result.exit_code == 2 and "saw only each slice's organ" in result.output

@@ -1,4 +1,9 @@
-"""Organ-centred crops of 2-D slices, and the exact way back.
+"""Organ-centred inputs of 2-D slices: the organ alone, crops around it, and the exact way back.
+
+With ``data.organ_only: true`` (off by default) and an ``organ`` mask on every row, every pixel farther
+than ``ORGAN_RIM_PX`` pixels from the slice's organ is set to the window's floor before the networks see the
+slice (:func:`blank_outside`), so the classifier looks for lesions in the organ only and the GAN edits it only
+(on the generalization suite's real CT the classifier's AUROC went 0.77 -> 0.97; ``benchmarks/RESULTS.md``).
 
 With ``data.organ_margin`` set (off by default) and an ``organ`` mask on every row of a plain manifest, the
 networks see a box around the organ instead of the whole slice, so a lesion is several times larger in their
@@ -24,8 +29,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 Box = tuple[int, int, int, int]  # top, left, height, width in pixels of the slice
+ORGAN_RIM_PX = 2  # pixels of the slice around its organ that an organ-only input keeps: the organ's edge
+
+
+def blank_outside(array: np.ndarray, organ: np.ndarray) -> np.ndarray:
+    """``array`` (H x W, HU or grey) as float32 with every pixel farther than ``ORGAN_RIM_PX`` pixels (4-connected
+    steps) from ``organ`` (H x W, nonzero = organ) set to -inf, which any window clips to its floor (-1 after
+    normalisation). An empty organ blanks the whole slice."""
+    keep = ndimage.binary_dilation(organ != 0, iterations=ORGAN_RIM_PX)
+    return np.where(keep, array, -np.inf).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coinseg.data.crop import OrganCrop
+from coinseg.data.crop import ORGAN_RIM_PX, OrganCrop
 from coinseg.data.manifest import duplicate_problems, read_manifest, training_splits
 from coinseg.data.slices import SliceSet, compute_window, fit_entries_crop, intensity_of, load_slices
 from coinseg.data.store import from_store
@@ -17,7 +17,8 @@ class Prepared:
     """``window``: (lo, hi) HU, or None for grey-value inputs (``intensity == "unit"``); ``window_from``: where
     it came from: ``"organ"`` (percentiles of organ pixels: every training row has an organ mask), ``"body"``
     (of body pixels, HU > -500), ``"given"`` (passed in: a setting, or the classifier's for a GAN), None for
-    grey values; ``crop``: the organ-centred box the slices were cut to, or None (whole slices)."""
+    grey values; ``crop``: the organ-centred box the slices were cut to, or None (whole slices); ``organ_only``:
+    whether the slices were blanked outside their organ (:func:`coinseg.data.crop.blank_outside`)."""
 
     train: SliceSet
     val: SliceSet
@@ -27,6 +28,7 @@ class Prepared:
     crop: OrganCrop | None = None
     notes: list[str] = field(default_factory=list)
     window_from: str | None = None
+    organ_only: bool = False
 
 
 def prepare_data(
@@ -38,6 +40,7 @@ def prepare_data(
     organ_margin: float | None = None,
     crop: OrganCrop | None = None,
     window_from: str | None = "given",
+    organ_only: bool = False,
 ) -> Prepared:
     """Read and validate ``manifest``, compute the window from the training split (unless ``window`` is given,
     e.g. the classifier's, which a GAN must reuse, with ``window_from`` saying where it came from) and load every
@@ -46,8 +49,9 @@ def prepare_data(
     Organ-centred crop: ``crop`` given (the classifier's, for a GAN) is used as it is; else, with
     ``organ_margin`` not None and an organ mask on every row of a plain manifest (not a ``coinseg prepare``
     store, whose slices are organ-centred already), a box is fitted on the training split
-    (:func:`coinseg.data.crop.fit_crop`). ``notes``: what the run log should say (a held-out validation split;
-    the crop; duplicate rows and images in two splits, as warnings)."""
+    (:func:`coinseg.data.crop.fit_crop`). ``organ_only``: blank every slice outside its organ when every row has
+    an organ mask (else whole slices). ``notes``: what the run log should say (a held-out validation split; the
+    organ-only input; the crop; duplicate rows and images in two splits, as warnings)."""
     entries = read_manifest(manifest)
     train, val, note = training_splits(entries, manifest)
     test = [e for e in entries if e.split == "test"]
@@ -58,6 +62,11 @@ def prepare_data(
         window = compute_window(train, percentiles, seed)
         window_from = "organ" if all(e.organ for e in train) else "body"
     notes = [note] if note else []
+    organ_only = organ_only and all(e.organ for e in entries)
+    if organ_only:
+        notes.append(
+            f"organ-only input: pixels more than {ORGAN_RIM_PX} px from each slice's organ set to the window's floor"
+        )
     if crop is None and organ_margin is not None and all(e.organ for e in entries) and not from_store(entries):
         crop = fit_entries_crop(train, organ_margin)
     if crop is not None:
@@ -66,6 +75,8 @@ def prepare_data(
     with progress_bar("loading slices", len(train) + len(val) + len(test)) as (progress, task):
         for name, chosen in (("train", train), ("val", val), ("test", test)):
             if chosen:
-                sets[name] = load_slices(chosen, size, window, lambda n: progress.advance(task, n), crop)
+                sets[name] = load_slices(chosen, size, window, lambda n: progress.advance(task, n), crop, organ_only)
     notes += [f"warning: {problem}" for problem in duplicate_problems(entries, manifest)]
-    return Prepared(sets["train"], sets["val"], sets.get("test"), window, intensity, crop, notes, window_from)
+    return Prepared(
+        sets["train"], sets["val"], sets.get("test"), window, intensity, crop, notes, window_from, organ_only
+    )

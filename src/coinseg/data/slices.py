@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from coinseg.data.crop import OrganCrop, fit_crop
+from coinseg.data.crop import OrganCrop, blank_outside, fit_crop
 from coinseg.data.manifest import Entry, ManifestError
 from coinseg.data.normalise import fingerprint_window, normalise
 from coinseg.io.images import Image, ImageReadError, intensity_for, read_image, suffix_of
@@ -35,9 +35,14 @@ class LazySlices:
     or an int (like a tensor: B x 1 x S x S, or 1 x S x S for an int); ``len(view)`` = N."""
 
     def __init__(
-        self, entries: list[Entry], size: int, window: tuple[float, float] | None, crop: OrganCrop | None = None
+        self,
+        entries: list[Entry],
+        size: int,
+        window: tuple[float, float] | None,
+        crop: OrganCrop | None = None,
+        organ_only: bool = False,
     ) -> None:
-        self.entries, self.size, self.window, self.crop = entries, size, window, crop
+        self.entries, self.size, self.window, self.crop, self.organ_only = entries, size, window, crop, organ_only
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -48,7 +53,7 @@ class LazySlices:
         positions = range(len(self.entries))[index] if isinstance(index, slice) else index.tolist()
         out = torch.empty(len(positions), 1, self.size, self.size)
         for i, position in enumerate(positions):
-            out[i] = entry_tensor(self.entries[position], self.size, self.window, self.crop)[0]
+            out[i] = entry_tensor(self.entries[position], self.size, self.window, self.crop, self.organ_only)[0]
         return out
 
 
@@ -108,7 +113,7 @@ def compute_window(train: list[Entry], percentiles: list[float], seed: int = 0) 
 def read_organ(entry: Entry, shape: tuple[int, ...]) -> np.ndarray:
     """The entry's organ mask (bool, the image's ``shape``); a row without one is an error."""
     if entry.organ is None:
-        raise ManifestError(f"row {entry.row} ({entry.source}): no organ mask; this run crops around the organ")
+        raise ManifestError(f"row {entry.row} ({entry.source}): no organ mask; this run needs each slice's organ")
     organ = read_entry(entry, entry.organ) > 0
     if organ.shape != tuple(shape):
         raise ManifestError(f"row {entry.row} ({entry.organ}): organ shape {organ.shape} != image shape {shape}")
@@ -135,20 +140,21 @@ def load_slices(
     window: tuple[float, float] | None,
     progress: Callable[[int], None] | None = None,
     crop: OrganCrop | None = None,
+    organ_only: bool = False,
 ) -> SliceSet:
-    """Read, crop (with ``crop``), normalise (``window`` None = grey values) and resize every entry to
-    ``size x size``; a large split of ``.npy`` files becomes a :class:`LazySlices` view instead (nothing read
-    but the array headers)."""
+    """Read, blank outside the organ (``organ_only``), crop (with ``crop``), normalise (``window`` None = grey
+    values) and resize every entry to ``size x size``; a large split of ``.npy`` files becomes a
+    :class:`LazySlices` view instead (nothing read but the array headers)."""
     labels = torch.tensor([float(e.label) for e in entries])
     if len(entries) * size * size * 4 > LAZY_BYTES and all(suffix_of(e.image) == ".npy" for e in entries):
         shapes = [_shape(e) for e in entries]
         if progress is not None:
             progress(len(entries))
-        return SliceSet(LazySlices(list(entries), size, window, crop), labels, shapes, list(entries))
+        return SliceSet(LazySlices(list(entries), size, window, crop, organ_only), labels, shapes, list(entries))
     images = torch.empty(len(entries), 1, size, size)
     shapes = []
     for i, entry in enumerate(entries):
-        images[i], shape = entry_tensor(entry, size, window, crop)
+        images[i], shape = entry_tensor(entry, size, window, crop, organ_only)
         shapes.append(shape)
         if progress is not None:
             progress(1)
@@ -156,14 +162,17 @@ def load_slices(
 
 
 def entry_tensor(
-    entry: Entry, size: int, window: tuple[float, float] | None, crop: OrganCrop | None
+    entry: Entry, size: int, window: tuple[float, float] | None, crop: OrganCrop | None, organ_only: bool = False
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One entry -> (1 x S x S network input in [-1, 1], the slice's own (H, W)); cut to the organ's box first
-    when ``crop`` is given."""
+    """One entry -> (1 x S x S network input in [-1, 1], the slice's own (H, W)); blanked outside its organ
+    (``organ_only``, :func:`coinseg.data.crop.blank_outside`) and cut to the organ's box (``crop``) first."""
     array = read_entry(entry)
     shape = (int(array.shape[0]), int(array.shape[1]))
-    if crop is not None:
-        array = crop.cut(array, crop.box(read_organ(entry, shape)))
+    organ = read_organ(entry, shape) if crop is not None or organ_only else None
+    if organ is not None and organ_only:
+        array = blank_outside(array, organ)
+    if organ is not None and crop is not None:
+        array = crop.cut(array, crop.box(organ))
     return slice_tensor(array, size, window)[None], shape
 
 

@@ -73,9 +73,9 @@ def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
 
 
 def _check_compatible(model: Predictor, other: Predictor, run_dir: Path, other_dir: Path) -> None:
-    """Two runs scored on the same inputs must share window, size, intensity kind and organ crop (and so the
+    """Two runs scored on the same inputs must share window, size, intensity kind, organ crop and organ-only input (and so the
     same slices)."""
-    for what in ("window", "size", "intensity", "crop"):
+    for what in ("window", "size", "intensity", "crop", "organ_only"):
         if getattr(model, what) != getattr(other, what):
             raise RunError(
                 f"{other_dir}: {what} {getattr(other, what)} differs from {run_dir}'s {getattr(model, what)}; "
@@ -190,8 +190,9 @@ def evaluate(
     labels = np.array([e.label for e in entries])
     organs = model.entry_organs(entries, arrays)
     boxes = model.boxes(organs, str(manifest))
-    x = model.inputs(arrays, boxes)
-    guides = model.guides(arrays, boxes)  # shared by every method's maps
+    shown = model.seen(arrays, organs, str(manifest))
+    x = model.inputs(shown, boxes)
+    guides = model.guides(shown, boxes)  # shared by every method's maps
     probs = model.probs(x, batch_size)
     accuracy, auroc = accuracy_auroc(labels, probs)
 

@@ -150,6 +150,7 @@ def train_classifier(
         fixed,  # type: ignore[arg-type]
         settings.seed,
         organ_margin=settings.data.organ_margin,
+        organ_only=settings.data.organ_only,
     )
     run = on_rank_zero_first(fabric, lambda: RunDir(out, settings, resume, "classifier-run", (manifest,)))
     return train_in(fabric, run, lambda: _train(fabric, run, data, manifest, out, settings, max_minutes, resume))
@@ -198,6 +199,7 @@ def _train(
         "window": list(data.window) if data.window else None,
         "window_from": data.window_from,
         "crop": data.crop.to_json() if data.crop else None,
+        "organ_only": data.organ_only,
         "intensity": data.intensity,
         "settings": settings_to_dict(settings),
         "versions": versions(),

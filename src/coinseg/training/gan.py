@@ -349,7 +349,13 @@ def train_gan(
         settings.seed,
         crop=crop,
         window_from=clf_ckpt.get("window_from"),  # the classifier's window: where it came from
+        organ_only=bool(clf_ckpt.get("organ_only")),  # the classifier's input (False before organ-only inputs)
     )
+    if clf_ckpt.get("organ_only") and not data.organ_only:
+        raise RunError(
+            f"{manifest}: the classifier of {classifier_run} saw only each slice's organ; give a manifest with an "
+            "organ mask on every row"
+        )
     if data.intensity != clf_ckpt["intensity"]:
         raise RunError(
             f"{manifest}: images are {data.intensity} but the classifier was trained on {clf_ckpt['intensity']}"
@@ -402,6 +408,7 @@ def _train(
         "window": list(data.window) if data.window else None,
         "window_from": data.window_from,
         "crop": data.crop.to_json() if data.crop else None,
+        "organ_only": data.organ_only,
         "intensity": data.intensity,
         "settings": settings_to_dict(settings),
         "versions": versions(),
