@@ -8,11 +8,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+from coinseg.config import Settings
 from coinseg.data.build import PrepareOptions, prepare_study
 from coinseg.data.store import open_case
 from coinseg.inference import segment
 from coinseg.predictor import Predictor
+from coinseg.training.classifier import train_classifier
+from coinseg.training.gan import train_gan
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TUMOUR_HU, KIDNEY_HU = 300, 150
@@ -172,3 +176,21 @@ def test_gate_leaves_slices_called_normal_without_a_mask(
         for n, plane in enumerate(planes):
             expected = np.take(without, plane, axis=axis) if n % 2 else 0
             np.testing.assert_array_equal(np.take(with_gate, plane, axis=axis), expected)
+
+
+def test_an_organ_only_run_on_a_prepared_dataset(tiny: Settings, tmp_path: Path) -> None:
+    """Trained on a prepared KiTS-layout dataset with the organ-only input: the checkpoints record it, and every
+    case's mask (threshold 0, no gate: every pixel the run can mask) lies inside the stored organ."""
+    _kits_study(tmp_path / "kits")
+    prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
+    tiny.data.organ_only = True
+    manifest = tmp_path / "ds" / "manifest.csv"
+    train_classifier(manifest, tmp_path / "clf", tiny, device="cpu")
+    train_gan(manifest, tmp_path / "clf", tmp_path / "gan", tiny, device="cpu")
+    assert torch.load(tmp_path / "gan" / "checkpoints" / "best.pt", weights_only=True)["organ_only"] is True
+    out = tmp_path / "seg"
+    segment(tmp_path / "gan", tmp_path / "ds", out, split="all", device="cpu", threshold=0.0, gate=False)
+    for row in csv.DictReader((out / "predictions.csv").open()):
+        seg = np.asarray(nib.load(tmp_path / "kits" / row["case"] / "segmentation.nii.gz").dataobj)
+        predicted = np.asarray(nib.load(out / row["mask"]).dataobj) > 0
+        assert predicted.any() and not (predicted & (seg == 0)).any()
