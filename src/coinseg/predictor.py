@@ -2,9 +2,8 @@
 classifier, the intensity window and the network size, and the mask threshold.
 
 For 2-D slices: blanked outside the organ when the run's networks saw only the organ
-(:func:`coinseg.data.crop.blank_outside`; the slice's organ mask is then needed), cut to the run's organ-centred box
-when it has one (:mod:`coinseg.data.crop`; the slice's organ
-mask is then needed), normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
+(:func:`coinseg.data.crop.blank_outside`), cut to the run's organ-centred box when it has one
+(:mod:`coinseg.data.crop`; the slice's organ mask is needed for either), normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
 |x - x_cf| / 2 resized back to the box or the whole slice (guided by the slice, or bilinear:
 :mod:`coinseg.data.upsample`), pasted into a zero map of the slice's size, and zero outside the slice's organ
 when it has an organ mask (lesions are looked for inside the organ, as on a ``coinseg prepare`` dataset).
@@ -161,10 +160,10 @@ class Predictor:
         ``organs``: each slice's organ mask (nonzero = organ) or None; an organ-only or cropping run needs every
         one, and a map is zero outside its slice's organ (:func:`confine_maps`)."""
         boxes = self.boxes(organs, source)
-        shown = self.seen(arrays, organs, source)
         p, p_cf, diffs = [], [], []
         for start in range(0, len(arrays), batch):
-            chunk = shown[start : start + batch]
+            chunk_organs = None if organs is None else organs[start : start + batch]
+            chunk = self.seen(arrays[start : start + batch], chunk_organs, source)  # blanked chunk by chunk
             chunk_boxes = None if boxes is None else boxes[start : start + batch]
             x = self.inputs(chunk, chunk_boxes).to(self.device)
             x_cf = self.maps.counterfactual(x)

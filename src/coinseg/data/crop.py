@@ -1,10 +1,10 @@
 """Organ-centred inputs of 2-D slices: the organ alone, crops around it, and the exact way back.
 
 With ``data.organ_only`` (the quick profile's default; off in the paper profile) and an ``organ`` mask on every
-row, every pixel farther
-than ``ORGAN_RIM_PX`` pixels from the slice's organ is set to the window's floor before the networks see the
-slice (:func:`blank_outside`), so the classifier looks for lesions in the organ only and the GAN edits it only
-(on the generalization suite's real CT the classifier's AUROC went 0.77 -> 0.97; ``benchmarks/RESULTS.md``).
+row, every pixel farther than ``ORGAN_RIM_PX`` pixels from the slice's organ is set to the window's floor before
+the networks see the slice (:func:`blank_outside`), so the classifier looks for lesions in the organ only and
+the GAN edits it only (on the generalization suite's real CT the classifier's AUROC went 0.77 -> 0.97;
+``benchmarks/RESULTS.md``).
 
 With ``data.organ_margin`` set (off by default) and an ``organ`` mask on every row of a plain manifest, the
 networks see a box around the organ instead of the whole slice, so a lesion is several times larger in their

@@ -73,8 +73,8 @@ def subset(entries: list[Entry], max_slices: int | None) -> list[Entry]:
 
 
 def _check_compatible(model: Predictor, other: Predictor, run_dir: Path, other_dir: Path) -> None:
-    """Two runs scored on the same inputs must share window, size, intensity kind, organ crop and organ-only input (and so the
-    same slices)."""
+    """Two runs scored on the same inputs must share window, size, intensity kind, organ crop and organ-only
+    input (and so the same slices)."""
     for what in ("window", "size", "intensity", "crop", "organ_only"):
         if getattr(model, what) != getattr(other, what):
             raise RunError(
