@@ -182,9 +182,9 @@ def test_evaluate_compares_methods_on_the_same_slices(
         run = {"coin": coin_run, "singla": singla_run}.get(name)
         if run is None:
             assert row["threshold"] == 0.975
-        else:  # the default, floor: the larger of 0.25 and the run's noise floor
-            floor = load_checkpoint(run / "checkpoints" / "best.pt")["auto_threshold"] or 0.0
-            assert row["threshold"] == max(0.25, floor)
+        else:  # the default, floor: the largest of 0.25, the run's noise floor and half the typical lesion's change
+            ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+            assert row["threshold"] == max(0.25, ckpt["auto_threshold"] or 0.0, ckpt["half_max"] or 0.0)
         assert row["n_abnormal"] == metrics["n_abnormal"] and row["n_normal"] == metrics["n_normal"]
         assert row["seconds_per_slice"] > 0
     fid_reported = metrics["methods"]["coin"].get("fid_paired") is not None
@@ -230,6 +230,12 @@ def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> 
     assert model.below_noise_floor(0.25) is None
     model.auto_threshold = 0.4
     assert "below this run's noise floor 0.400" in (model.below_noise_floor(0.25) or "")
+    model.half_max = 0.45  # strong lesions: half their change is above the noise floor
+    assert model.threshold("floor") == 0.45 and model.threshold("auto") == 0.4
+    model.auto_threshold, model.window_from = 0.1, "body"
+    assert model.threshold("floor") == 0.45
+    model.half_max = 0.05
+    assert model.threshold("floor") == 0.1
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,8 @@ NodesOpt = Annotated[int, typer.Option(help="machines; needs torchrun or fabric 
 StrategyOpt = Annotated[str, typer.Option(help="auto or ddp (DDP whenever more than one process)")]
 THRESHOLD_HELP = (
     "mask = |x - x_cf| / 2 > threshold: 'floor' = the run's noise floor (the change it makes on normal validation "
-    "slices), at least the paper's 0.25 unless the window was taken over the whole body; 'auto' = that noise "
-    "floor; or a number"
+    "slices), at least the paper's 0.25 unless the window was taken over the whole body, and at least half the "
+    "typical lesion's change on abnormal validation slices; 'auto' = that noise floor; or a number"
 )
 GATE_HELP = "no mask on slices the classifier calls normal, f(x) < 0.5 (--no-gate: on every slice)"
 UPSAMPLE_HELP = (

@@ -55,19 +55,24 @@ class Predictor:
     upsample: MapUpsample = MapUpsample.guided
     window_from: str | None = None
     organ_only: bool = False
+    half_max: float | None = None
 
     def threshold(self, value: float | str) -> float:
         """The mask threshold for ``value`` (from :func:`parse_threshold`): a number as it is; ``"auto"`` the
         noise floor calibrated on normal validation slices at training time; ``"floor"`` that noise floor, and
         at least the paper's 0.25 unless the window was taken over the whole body (0.25 when the run has no
-        noise floor). The paper's 0.25 is a change of a quarter of an organ window (~40 HU on a kidney window);
+        noise floor), and at least ``half_max``, half the typical lesion's change (calibrated at training time
+        on validation slices labelled abnormal; None for runs trained before it was): a lesion reaches to half
+        its contrast. The paper's 0.25 is a change of a quarter of an organ window (~40 HU on a kidney window);
         a body window is 4-6 times wider, so there it would ask lesions for 150-250 HU."""
         if not isinstance(value, str):
             return value
         if value == "floor":
             if self.window_from == "body" and self.auto_threshold is not None:
-                return self.auto_threshold
-            return max(PAPER_THRESHOLD, self.auto_threshold or 0.0)
+                base = self.auto_threshold
+            else:
+                base = max(PAPER_THRESHOLD, self.auto_threshold or 0.0)
+            return max(base, self.half_max or 0.0)
         if self.auto_threshold is None:
             raise RunError(
                 "--threshold auto: this run's checkpoint has no calibrated threshold (no normal validation slices, "
@@ -242,6 +247,7 @@ def load_predictor(
         MapUpsample(upsample),
         ckpt.get("window_from"),
         bool(ckpt.get("organ_only")),
+        ckpt.get("half_max"),
     )
 
 

@@ -97,11 +97,12 @@ def test_classifier_term_scores_the_scaled_edit(classifier_run: Path, tiny: Sett
     assert torch.allclose(seen[0], x + 0.25 * (x_cf.detach() - x), atol=1e-6)
 
 
-def test_noise_floor_is_the_quantile_of_peak_change_on_normal_slices(
+def test_noise_floor_and_half_max_come_from_the_peak_change_of_each_label(
     tiny_data: Path, classifier_run: Path, tiny: Settings
 ) -> None:
     """Each slice i gets one pixel changed by 2 v_i (a peak |x - x_cf| / 2 of v_i); the noise floor is the 95th
-    percentile of v over the slices labelled normal, whatever the abnormal ones do."""
+    percentile of v over the slices labelled normal, whatever the abnormal ones do; half_max is half the median
+    of v over the slices labelled abnormal."""
     import numpy as np
 
     from coinseg.data.prepare import prepare_data
@@ -114,14 +115,16 @@ def test_noise_floor_is_the_quantile_of_peak_change_on_normal_slices(
     trainer = GanTrainer.from_settings(tiny, classifier, make_fabric("cpu", tiny.precision))
     n = len(data.val)
     v = np.linspace(0.01, 0.3, n).astype(np.float32)
-    v[data.val.labels.numpy() == 1] = 0.9  # abnormal slices must not count
+    abnormal = data.val.labels.numpy() == 1
+    v[abnormal] = np.linspace(0.5, 0.9, int(abnormal.sum()))  # not counted in the noise floor
     x = data.val.images.clone().fill_(-1.0)
     data.val.images = x
     x_cf = x.clone()
     x_cf[:, 0, 0, 0] += 2 * torch.from_numpy(v)
     trainer.counterfactuals = lambda images, batch=64: (x_cf.numpy(), np.full(n, 0.1, np.float32))  # type: ignore[method-assign]
-    normal = v[data.val.labels.numpy() == 0]
-    assert trainer.validate(data.val)["noise_floor"] == pytest.approx(float(np.quantile(normal, NOISE_FLOOR_QUANTILE)))
+    validation = trainer.validate(data.val)
+    assert validation["noise_floor"] == pytest.approx(float(np.quantile(v[~abnormal], NOISE_FLOOR_QUANTILE)))
+    assert abnormal.sum() >= 2 and validation["half_max"] == pytest.approx(float(np.median(v[abnormal])) / 2)
 
 
 def test_the_window_records_where_it_came_from(

@@ -221,7 +221,9 @@ class GanTrainer:
         - ``cv``, ``flip_rate``, mean change on predicted-normal and predicted-abnormal slices;
         - ``noise_floor``: the ``NOISE_FLOOR_QUANTILE`` quantile, over slices labelled normal, of each slice's
           peak |x - x_cf| / 2, i.e. the lowest threshold that leaves ~95 % of them without a mask pixel
-          (``--threshold auto``).
+          (``--threshold auto``);
+        - ``half_max``: half the median, over slices labelled abnormal, of each slice's peak |x - x_cf| / 2: the
+          edge of a typical lesion at half its change (``--threshold floor`` does not go below it).
         """
         images = data.images[:]  # a lazy store view is read here: validation needs the whole split
         x_cf, p = self.counterfactuals(images)
@@ -248,6 +250,7 @@ class GanTrainer:
             "noise_floor": (
                 float(np.quantile(peaks[labelled_normal], NOISE_FLOOR_QUANTILE)) if labelled_normal.any() else None
             ),
+            "half_max": float(np.median(peaks[~labelled_normal])) / 2 if (~labelled_normal).any() else None,
         }
 
     def state(self) -> dict[str, Any]:
@@ -297,7 +300,11 @@ class GanHooks:
         return self.trainer.validate(self.data.val)
 
     def best_state(self, validation: dict[str, float | None]) -> dict[str, Any]:
-        return {"inpainter": self.trainer.inference_inpainter.state_dict(), "auto_threshold": validation["noise_floor"]}
+        return {
+            "inpainter": self.trainer.inference_inpainter.state_dict(),
+            "auto_threshold": validation["noise_floor"],
+            "half_max": validation["half_max"],
+        }
 
     def state(self) -> dict[str, Any]:
         return self.trainer.state()
