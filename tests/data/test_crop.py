@@ -80,47 +80,58 @@ def test_a_lesion_comes_back_at_its_own_pixels(
     assert not maps[0][outside].any()
 
 
-def test_a_cropping_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
-    settings = tiny
-    settings.data.organ_margin = 0.1
-    config = tmp_path / "crop.yaml"
+def run_cli(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, str(result.output)
+
+
+def train_and_segment(
+    tiny_data: Path, settings: Settings, tmp_path: Path
+) -> tuple[dict, dict, list[tuple[np.ndarray, np.ndarray]], Path]:
+    """Through the CLI with ``settings``: train the classifier and the GAN, evaluate, segment the test split at
+    threshold 0. Returns (classifier checkpoint, GAN checkpoint, (organ, written mask) of every test row, a lone
+    copy of the first test image)."""
+    config = tmp_path / "settings.yaml"
     save_settings(settings, config)
-    runner = CliRunner()
-
-    def invoke(*args: object) -> str:
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-        return str(result.output)
-
     common = ("--config", config, "--device", "cpu")
-    invoke("train-classifier", tiny_data, "--out", tmp_path / "clf", *common)
-    invoke("train", tiny_data, "--classifier", tmp_path / "clf", "--out", tmp_path / "gan", *common)
+    for args in (
+        ("train-classifier", tiny_data, "--out", tmp_path / "clf", *common),
+        ("train", tiny_data, "--classifier", tmp_path / "clf", "--out", tmp_path / "gan", *common),
+        ("evaluate", tmp_path / "gan", tiny_data, "--out", tmp_path / "ev", "--device", "cpu"),
+        ("segment", tmp_path / "gan", tiny_data, "--out", tmp_path / "seg", "--threshold", "0", "--device", "cpu"),
+    ):
+        code, output = run_cli(*args)
+        assert code == 0, output
     clf = torch.load(tmp_path / "clf" / "checkpoints" / "best.pt", weights_only=True)
     gan = torch.load(tmp_path / "gan" / "checkpoints" / "best.pt", weights_only=True)
-    assert clf["crop"] is not None and gan["crop"] == clf["crop"]
-    assert "organ-centred crop" in (tmp_path / "clf" / "log.txt").read_text()
-    invoke("evaluate", tmp_path / "gan", tiny_data, "--out", tmp_path / "ev", "--device", "cpu")
-
-    invoke("segment", tmp_path / "gan", tiny_data, "--out", tmp_path / "seg", "--threshold", "0", "--device", "cpu")
-    crop = OrganCrop.from_json(gan["crop"])
-    assert crop is not None
     rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
     test = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
     assert len(rows) == len(test) > 0
     from PIL import Image as PILImage
 
-    for row, entry in zip(rows, test, strict=True):
-        organ = np.load(tiny_data.parent / entry["organ"]) > 0
-        mask = np.asarray(PILImage.open(tmp_path / "seg" / row["mask"])) > 0
+    masks = [
+        (np.load(tiny_data.parent / entry["organ"]) > 0, np.asarray(PILImage.open(tmp_path / "seg" / row["mask"])) > 0)
+        for row, entry in zip(rows, test, strict=True)
+    ]
+    lone = tmp_path / "lone.npy"
+    np.save(lone, np.load(tiny_data.parent / test[0]["image"]))
+    return clf, gan, masks, lone
+
+
+def test_a_cropping_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
+    tiny.data.organ_margin = 0.1
+    clf, gan, masks, lone = train_and_segment(tiny_data, tiny, tmp_path)
+    assert clf["crop"] is not None and gan["crop"] == clf["crop"]
+    assert "organ-centred crop" in (tmp_path / "clf" / "log.txt").read_text()
+    crop = OrganCrop.from_json(gan["crop"])
+    assert crop is not None
+    for organ, mask in masks:
         top, left, h, w = crop.box(organ)
         assert mask.shape == organ.shape
         mask[top : top + h, left : left + w] = False
         assert not mask.any()  # nothing outside the slice's box
-
-    lone = tmp_path / "lone.npy"
-    np.save(lone, np.load(tiny_data.parent / test[0]["image"]))
-    result = runner.invoke(app, ["segment", str(tmp_path / "gan"), str(lone), "--out", str(tmp_path / "s2")])
-    assert result.exit_code == 2 and "organ-centred crops" in result.output
+    code, output = run_cli("segment", tmp_path / "gan", lone, "--out", tmp_path / "s2")
+    assert code == 2 and "organ-centred crops" in output
 
 
 def test_blank_outside_keeps_the_organ_and_its_rim() -> None:
@@ -142,41 +153,14 @@ def test_blank_outside_keeps_the_organ_and_its_rim() -> None:
 def test_an_organ_only_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
     """Both networks record the organ-only input; segment keeps every mask inside its organ, refuses an input
     without organ masks, and a GAN cannot be trained against the classifier on a manifest without them."""
-    settings = tiny
-    settings.data.organ_only = True
-    config = tmp_path / "organ.yaml"
-    save_settings(settings, config)
-    runner = CliRunner()
-
-    def invoke(*args: object) -> str:
-        result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-        return str(result.output)
-
-    common = ("--config", config, "--device", "cpu")
-    invoke("train-classifier", tiny_data, "--out", tmp_path / "clf", *common)
-    invoke("train", tiny_data, "--classifier", tmp_path / "clf", "--out", tmp_path / "gan", *common)
-    clf = torch.load(tmp_path / "clf" / "checkpoints" / "best.pt", weights_only=True)
-    gan = torch.load(tmp_path / "gan" / "checkpoints" / "best.pt", weights_only=True)
+    tiny.data.organ_only = True
+    clf, gan, masks, lone = train_and_segment(tiny_data, tiny, tmp_path)
     assert clf["organ_only"] is True and gan["organ_only"] is True
     assert "organ-only input" in (tmp_path / "clf" / "log.txt").read_text()
-    invoke("evaluate", tmp_path / "gan", tiny_data, "--out", tmp_path / "ev", "--device", "cpu")
-
-    invoke("segment", tmp_path / "gan", tiny_data, "--out", tmp_path / "seg", "--threshold", "0", "--device", "cpu")
-    rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
-    test = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
-    assert len(rows) == len(test) > 0
-    from PIL import Image as PILImage
-
-    for row, entry in zip(rows, test, strict=True):
-        organ = np.load(tiny_data.parent / entry["organ"]) > 0
-        mask = np.asarray(PILImage.open(tmp_path / "seg" / row["mask"])) > 0
+    for organ, mask in masks:
         assert mask.shape == organ.shape and not (mask & ~organ).any()
-
-    lone = tmp_path / "lone.npy"
-    np.save(lone, np.load(tiny_data.parent / test[0]["image"]))
-    result = runner.invoke(app, ["segment", str(tmp_path / "gan"), str(lone), "--out", str(tmp_path / "s2")])
-    assert result.exit_code == 2 and "saw only each slice's organ" in result.output
+    code, output = run_cli("segment", tmp_path / "gan", lone, "--out", tmp_path / "s2")
+    assert code == 2 and "saw only each slice's organ" in output
 
     no_organs = tmp_path / "no-organs.csv"
     with tiny_data.open() as source, no_organs.open("w", newline="") as target:
@@ -186,16 +170,16 @@ def test_an_organ_only_run_trains_evaluates_and_segments(tiny_data: Path, tiny: 
         writer.writeheader()
         for r in reader:
             writer.writerow({k: (str(tiny_data.parent / r[k]) if k in ("image", "mask") else r[k]) for k in fields})
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(no_organs),
-            "--classifier",
-            str(tmp_path / "clf"),
-            "--out",
-            str(tmp_path / "g2"),
-            *map(str, common),
-        ],
+    code, output = run_cli(
+        "train",
+        no_organs,
+        "--classifier",
+        tmp_path / "clf",
+        "--out",
+        tmp_path / "g2",
+        "--device",
+        "cpu",
+        "--config",
+        tmp_path / "settings.yaml",
     )
-    assert result.exit_code == 2 and "saw only each slice's organ" in result.output
+    assert code == 2 and "saw only each slice's organ" in output
