@@ -85,6 +85,15 @@ def test_singla_is_a_setting_of_the_same_gan() -> None:
             {"data": {"size": 32}, "classifier": {"widths": [4] * 6}},
             "data.size: 32 must be a multiple of 16 and at least 64 (the small",
         ),
+        (
+            {"data": {"size": 32}, "classifier": {"widths": [4] * 5, "stem_stride": 2}},
+            "data.size: 32 must be a multiple of 16 and at least 64 (the small classifier pools by 2 per width (and",
+        ),
+        ({"classifier": {"stem_stride": 3}}, "classifier.stem_stride: 3 must be 1 or 2"),
+        (
+            {"classifier": {"arch": "resnet18", "stem_stride": 2}},
+            "classifier.stem_stride: applies to the small classifier only",
+        ),
         ({"data": {"window": [300, 100]}}, "data.window: [300.0, 100.0] must be [lo, hi] with lo < hi"),
         ({"data": {"window": [100]}}, "data.window: [100.0] must be a list of 2 numbers"),
         ({"data": {"percentiles": [99, 1]}}, "data.percentiles: [99.0, 1.0] must be [a, b] with 0 <= a < b <= 100"),

@@ -147,6 +147,9 @@ class ClassifierConfig:
     shift: float = 0.07
     scale: float = 0.1
     rotate: float = 10.0
+    # stride of the small classifier's first convolution (1 or 2): 2 lets a 128 px input cost about what 64 px
+    # costs with 1, while its first 3x3 filters still see every input pixel (benchmarks/RESULTS.md)
+    stem_stride: int = 1
 
 
 @dataclass
@@ -359,7 +362,12 @@ def min_size(settings: Settings) -> tuple[int, int, str]:
     enc = 2 ** len(settings.gan.enc_widths)
     needs = [(enc, f"gan.enc_widths has {len(settings.gan.enc_widths)} levels, each halving the size")]
     if settings.classifier.arch is ClassifierArch.small:
-        needs.append((2 ** len(settings.classifier.widths), "the small classifier pools by 2 per width"))
+        needs.append(
+            (
+                2 ** len(settings.classifier.widths) * settings.classifier.stem_stride,
+                "the small classifier pools by 2 per width (and by classifier.stem_stride first)",
+            )
+        )
     else:
         needs.append((32, "ResNet-18 downsamples by 32"))
     needs.append((math.prod(settings.gan.disc_down), "the discriminator pools by the product of gan.disc_down"))
@@ -394,6 +402,10 @@ def check_settings(settings: Settings) -> Settings:
     _within("classifier.shift", clf.shift, 0.0, 0.5)
     _within("classifier.scale", clf.scale, 0.0, 1.0, open_high=True)
     _within("classifier.rotate", clf.rotate, 0.0, 180.0)
+    if clf.stem_stride not in (1, 2):
+        raise ConfigError(f"classifier.stem_stride: {clf.stem_stride!r} must be 1 or 2")
+    if clf.stem_stride != 1 and clf.arch is not ClassifierArch.small:
+        raise ConfigError("classifier.stem_stride: applies to the small classifier only (ResNet-18 has its own stem)")
     # gan
     _widths("gan.enc_widths", gan.enc_widths)
     _at_least("gan.stem_width", gan.stem_width, 1)

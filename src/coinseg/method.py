@@ -74,7 +74,7 @@ def load_classifier(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.M
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "classifier":
         raise RunError(f"{run_dir}: not a classifier run (checkpoint kind {ckpt.get('kind')!r})")
-    model = build_classifier(ckpt["arch"], ckpt["widths"])
+    model = build_classifier(ckpt["arch"], ckpt["widths"], ckpt.get("stem_stride", 1))  # 1 before it was recorded
     model.load_state_dict(ckpt["model"])
     model.eval().requires_grad_(False)
     return model, ckpt

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from coinseg.config import ClassifierArch, Fusion, GanConfig, Upsample, paper_settings
+from coinseg.config import ClassifierArch, Fusion, GanConfig, Settings, Upsample, paper_settings
 from coinseg.models import (
     Classifier,
     Discriminator,
@@ -185,3 +187,30 @@ def test_resnet18_parameter_count() -> None:
     clf = build_classifier(ClassifierArch.resnet18, [])
     assert n_params(clf) == 11_170_753
     assert clf.state_dict()["backbone.conv1.weight"].shape == (64, 1, 7, 7)
+
+
+def test_a_strided_stem_takes_twice_the_input_for_the_same_features() -> None:
+    """SmallCNN with stem_stride 2 on 128 px ends in the feature map that stride 1 gives on 64 px (4 x 4 after four
+    pools), and still gives one logit per image."""
+    plain, strided = (
+        build_classifier(ClassifierArch.small, [4, 8, 8, 8]),
+        build_classifier(ClassifierArch.small, [4, 8, 8, 8], stem_stride=2),
+    )
+    assert strided.backbone.blocks[0][0].stride == (2, 2) and plain.backbone.blocks[0][0].stride == (1, 1)
+    assert strided.backbone.blocks(torch.zeros(2, 1, 128, 128)).shape == (2, 8, 4, 4)
+    assert plain.backbone.blocks(torch.zeros(2, 1, 64, 64)).shape == (2, 8, 4, 4)
+    assert strided(torch.zeros(3, 1, 128, 128)).shape == (3,)
+
+
+def test_a_strided_stem_classifier_is_rebuilt_from_its_checkpoint(
+    tiny_data: Path, tiny: Settings, tmp_path: Path
+) -> None:
+    """The checkpoint records the stem's stride; load_classifier builds the same network and loads its weights."""
+    from coinseg.method import load_classifier
+    from coinseg.training.classifier import train_classifier
+
+    tiny.classifier.stem_stride = 2
+    train_classifier(tiny_data, tmp_path / "clf", tiny, device="cpu")
+    model, ckpt = load_classifier(tmp_path / "clf")
+    assert ckpt["stem_stride"] == 2 and model.backbone.blocks[0][0].stride == (2, 2)
+    assert model(torch.zeros(2, 1, tiny.data.size, tiny.data.size)).shape == (2,)

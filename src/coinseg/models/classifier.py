@@ -33,13 +33,14 @@ class Classifier(nn.Module):
 class SmallCNN(nn.Module):
     """``len(widths)`` blocks Conv3x3-BN-ReLU-Conv3x3-BN-ReLU-MaxPool2, global average *and* max pool
     (concatenated: a lesion of a few pixels is not diluted by the average), dropout, Linear(-> 1):
-    ``B x 1 x H x W -> B x 1`` logits.
+    ``B x 1 x H x W -> B x 1`` logits. ``stem_stride``: the stride of the very first convolution (1 or 2).
     """
 
-    def __init__(self, widths: Sequence[int], dropout: float = 0.2) -> None:
+    def __init__(self, widths: Sequence[int], dropout: float = 0.2, stem_stride: int = 1) -> None:
         super().__init__()
         ins = [1, *widths[:-1]]
-        self.blocks = nn.Sequential(*(_small_block(i, o) for i, o in zip(ins, widths, strict=True)))
+        strides = [stem_stride] + [1] * (len(widths) - 1)
+        self.blocks = nn.Sequential(*(_small_block(i, o, s) for i, o, s in zip(ins, widths, strides, strict=True)))
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(2 * widths[-1], 1)
 
@@ -49,9 +50,9 @@ class SmallCNN(nn.Module):
         return self.fc(self.dropout(pooled))
 
 
-def _small_block(in_ch: int, out_ch: int) -> nn.Sequential:
+def _small_block(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
         nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
@@ -61,14 +62,14 @@ def _small_block(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
-def build_classifier(arch: ClassifierArch, widths: Sequence[int]) -> Classifier:
+def build_classifier(arch: ClassifierArch, widths: Sequence[int], stem_stride: int = 1) -> Classifier:
     """A randomly initialised classifier (no weights are downloaded).
 
-    ``resnet18``: torchvision ResNet-18 with a 1-channel 7x7 stem and ``fc = Linear(512, 1)`` (``widths``
-    unused); ``small``: :class:`SmallCNN` with ``widths``.
+    ``resnet18``: torchvision ResNet-18 with a 1-channel 7x7 stem and ``fc = Linear(512, 1)`` (``widths`` and
+    ``stem_stride`` unused); ``small``: :class:`SmallCNN` with ``widths`` and ``stem_stride``.
     """
     if ClassifierArch(arch) is ClassifierArch.small:
-        return Classifier(SmallCNN(widths), f"blocks.{len(widths) - 1}")
+        return Classifier(SmallCNN(widths, stem_stride=stem_stride), f"blocks.{len(widths) - 1}")
     net = resnet18(weights=None, num_classes=1)
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

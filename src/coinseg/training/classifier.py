@@ -176,7 +176,9 @@ def _train(
             + (f", {fabric.world_size} processes" if fabric.world_size > 1 else "")
         )
     fabric.seed_everything(settings.seed, verbose=False)
-    model = prepare_network(fabric, build_classifier(cfg.arch, cfg.widths), settings.channels_last, settings.compile)
+    model = prepare_network(
+        fabric, build_classifier(cfg.arch, cfg.widths, cfg.stem_stride), settings.channels_last, settings.compile
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = fabric.setup(model, optimizer)
     order = DataOrder(
@@ -195,6 +197,7 @@ def _train(
         "kind": "classifier",
         "arch": cfg.arch.value,
         "widths": list(cfg.widths),
+        "stem_stride": cfg.stem_stride,
         "size": settings.data.size,
         "window": list(data.window) if data.window else None,
         "window_from": data.window_from,
