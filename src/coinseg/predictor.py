@@ -3,10 +3,10 @@ classifier, the intensity window and the network size, and the mask threshold.
 
 For 2-D slices: blanked outside the organ when the run's networks saw only the organ
 (:func:`coinseg.data.crop.blank_outside`), cut to the run's organ-centred box when it has one
-(:mod:`coinseg.data.crop`; the slice's organ mask is needed for either), normalise with the run's window, resize to the run's size, x_cf = I(x, c), difference map
-|x - x_cf| / 2 resized back to the box or the whole slice (guided by the slice, or bilinear:
-:mod:`coinseg.data.upsample`), pasted into a zero map of the slice's size, and zero outside the slice's organ
-when it has an organ mask (lesions are looked for inside the organ, as on a ``coinseg prepare`` dataset).
+(:mod:`coinseg.data.crop`; the slice's organ mask is needed for either), normalise with the run's window,
+resize to the run's size, x_cf = I(x, c), difference map |x - x_cf| / 2 resized back to the box or the whole
+slice (guided by the slice, or bilinear: :mod:`coinseg.data.upsample`), pasted into a zero map of the slice's
+size, and zero outside the slice's organ when it has an organ mask (lesions are looked for inside the organ, as on a ``coinseg prepare`` dataset).
 """
 
 from __future__ import annotations
@@ -103,24 +103,16 @@ class Predictor:
         error naming ``source``."""
         if not self.organ_only:
             return arrays
-        if organs is None or any(organ is None for organ in organs):
-            raise RunError(
-                f"{source}: this run's networks saw only each slice's organ and need its organ mask; give a "
-                "manifest with an organ column (or a prepared dataset with organs)"
-            )
-        return [blank_outside(a, o) for a, o in zip(arrays, organs, strict=True) if o is not None]
+        every = _every_organ(organs, f"{source}: this run's networks saw only each slice's organ and need")
+        return [blank_outside(a, o) for a, o in zip(arrays, every, strict=True)]
 
     def boxes(self, organs: Sequence[np.ndarray | None] | None, source: str = "the input") -> list[Box] | None:
         """Each slice's box from its organ mask (H x W, nonzero = organ) when the run crops; None when it does
         not. A cropping run without every slice's organ mask is an error naming ``source``."""
         if self.crop is None:
             return None
-        if organs is None or any(organ is None for organ in organs):
-            raise RunError(
-                f"{source}: this run was trained on organ-centred crops and needs each slice's organ mask; "
-                "give a manifest with an organ column (or a prepared dataset with organs)"
-            )
-        return [self.crop.box(organ) for organ in organs if organ is not None]
+        every = _every_organ(organs, f"{source}: this run was trained on organ-centred crops and needs")
+        return [self.crop.box(organ) for organ in every]
 
     def inputs(self, arrays: list[np.ndarray], boxes: list[Box] | None = None) -> torch.Tensor:
         """Raw 2-D slices (HU or grey values, any sizes), cut to ``boxes`` when given -> N x 1 x S x S network
@@ -176,6 +168,16 @@ class Predictor:
             p_cf.append(self.probs(x_cf, batch))
             diffs.extend(self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes))
         return np.concatenate(p), np.concatenate(p_cf), confine_maps(diffs, organs)
+
+
+def _every_organ(organs: Sequence[np.ndarray | None] | None, needs: str) -> list[np.ndarray]:
+    """``organs`` when every slice has one, else a RunError that starts with ``needs`` (the input and why the run
+    needs them) and says how to give them."""
+    if organs is None or any(organ is None for organ in organs):
+        raise RunError(
+            f"{needs} each slice's organ mask; give a manifest with an organ column (or a prepared dataset with organs)"
+        )
+    return [organ for organ in organs if organ is not None]
 
 
 def _cut(arrays: list[np.ndarray], boxes: list[Box] | None) -> list[np.ndarray]:

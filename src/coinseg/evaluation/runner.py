@@ -1,7 +1,7 @@
 """``coinseg evaluate``: every method on exactly the same frozen test slices, the same classifier, one table.
 
 Counterfactual methods (COIN, Singla et al.*): map = |x - x_cf| / 2, mask = map > ``threshold`` (default
-``floor``: the run's noise floor, at least the paper's 0.25 unless the window is a whole-body one). Attribution methods (RISE, ScoreCAM, LayerCAM,
+``floor``, :meth:`coinseg.predictor.Predictor.threshold`). Attribution methods (RISE, ScoreCAM, LayerCAM,
 GradCAM, GradCAM++): min-max normalised map, mask = map > ``saliency_threshold`` (paper 0.975). Maps are computed
 at the network size and resized (guided by the slice, or bilinear) to each slice's own resolution, where they are
 compared with the ground-truth masks; a slice with an organ mask (a manifest's organ column, a `coinseg prepare`
