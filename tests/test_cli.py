@@ -182,9 +182,9 @@ def test_evaluate_compares_methods_on_the_same_slices(
         run = {"coin": coin_run, "singla": singla_run}.get(name)
         if run is None:
             assert row["threshold"] == 0.975
-        else:  # the default, floor: the largest of 0.25, the run's noise floor and half the typical lesion's change
+        else:  # the default, floor: the larger of the run's noise floor and half the typical lesion's change
             ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
-            assert row["threshold"] == max(0.25, ckpt["auto_threshold"] or 0.0, ckpt["half_max"] or 0.0)
+            assert row["threshold"] == ckpt["floor"] == max(ckpt["auto_threshold"], ckpt["half_max"])
         assert row["n_abnormal"] == metrics["n_abnormal"] and row["n_normal"] == metrics["n_normal"]
         assert row["seconds_per_slice"] > 0
     fid_reported = metrics["methods"]["coin"].get("fid_paired") is not None
@@ -212,6 +212,10 @@ def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> 
     from coinseg.predictor import load_predictor
 
     model = load_predictor(coin_run, "cpu")
+    assert model.floor is not None and model.threshold("floor") == model.floor
+    model.auto_threshold, model.window_from, model.half_max = 0.1, "organ", 0.05
+    assert model.threshold("floor") == model.floor  # calibrated at training time: the run's own value
+    model.floor = None  # a run trained before floor was stored: the rule of its time
     model.auto_threshold = None
     with pytest.raises(RunError, match="no calibrated threshold"):
         model.threshold("auto")

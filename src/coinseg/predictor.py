@@ -56,18 +56,22 @@ class Predictor:
     window_from: str | None = None
     organ_only: bool = False
     half_max: float | None = None
+    floor: float | None = None
 
     def threshold(self, value: float | str) -> float:
         """The mask threshold for ``value`` (from :func:`parse_threshold`): a number as it is; ``"auto"`` the
-        noise floor calibrated on normal validation slices at training time; ``"floor"`` that noise floor, and
-        at least the paper's 0.25 unless the window was taken over the whole body (0.25 when the run has no
-        noise floor), and at least ``half_max``, half the typical lesion's change (calibrated at training time
-        on validation slices labelled abnormal; None for runs trained before it was): a lesion reaches to half
-        its contrast. The paper's 0.25 is a change of a quarter of an organ window (~40 HU on a kidney window);
-        a body window is 4-6 times wider, so there it would ask lesions for 150-250 HU."""
+        noise floor calibrated on normal validation slices at training time; ``"floor"`` the run's ``floor``,
+        calibrated without masks at training time: the larger of that noise floor and ``half_max``, half the
+        typical lesion's change on validation slices labelled abnormal (a lesion reaches to half its contrast).
+
+        Runs trained before ``floor`` was stored (or without normal validation slices) keep the rule of their
+        time: the noise floor, at least the paper's 0.25 unless the window was taken over the whole body (0.25
+        without a noise floor), and at least ``half_max`` when it is known."""
         if not isinstance(value, str):
             return value
         if value == "floor":
+            if self.floor is not None:
+                return self.floor
             if self.window_from == "body" and self.auto_threshold is not None:
                 base = self.auto_threshold
             else:
@@ -250,6 +254,7 @@ def load_predictor(
         ckpt.get("window_from"),
         bool(ckpt.get("organ_only")),
         ckpt.get("half_max"),
+        ckpt.get("floor"),
     )
 
 

@@ -125,6 +125,7 @@ def test_noise_floor_and_half_max_come_from_the_peak_change_of_each_label(
     validation = trainer.validate(data.val)
     assert validation["noise_floor"] == pytest.approx(float(np.quantile(v[~abnormal], NOISE_FLOOR_QUANTILE)))
     assert abnormal.sum() >= 2 and validation["half_max"] == pytest.approx(float(np.median(v[abnormal])) / 2)
+    assert validation["floor"] == max(validation["noise_floor"], validation["half_max"])
 
 
 def test_the_window_records_where_it_came_from(

@@ -223,7 +223,8 @@ class GanTrainer:
           peak |x - x_cf| / 2, i.e. the lowest threshold that leaves ~95 % of them without a mask pixel
           (``--threshold auto``);
         - ``half_max``: half the median, over slices labelled abnormal, of each slice's peak |x - x_cf| / 2: the
-          edge of a typical lesion at half its change (``--threshold floor`` does not go below it).
+          edge of a typical lesion at half its change;
+        - ``floor``: the larger of the two (``--threshold floor``), None without slices labelled normal.
         """
         images = data.images[:]  # a lazy store view is read here: validation needs the whole split
         x_cf, p = self.counterfactuals(images)
@@ -240,6 +241,10 @@ class GanTrainer:
         score = self.cfg.lambda_kl * kl + self.cfg.lambda_rec * float(change.mean()) + self.cfg.lambda_tv * tv
         peaks = diff.amax(dim=(1, 2, 3)).numpy()
         labelled_normal = data.labels.numpy() == 0
+        noise_floor = (
+            float(np.quantile(peaks[labelled_normal], NOISE_FLOOR_QUANTILE)) if labelled_normal.any() else None
+        )
+        half_max = float(np.median(peaks[~labelled_normal])) / 2 if (~labelled_normal).any() else None
         return {
             "score": score,
             "kl": kl,
@@ -247,10 +252,9 @@ class GanTrainer:
             "flip_rate": flip_rate(p, p_cf),
             "change_normal": float(change[normal].mean()) if normal.any() else None,
             "change_abnormal": float(change[~normal].mean()) if (~normal).any() else None,
-            "noise_floor": (
-                float(np.quantile(peaks[labelled_normal], NOISE_FLOOR_QUANTILE)) if labelled_normal.any() else None
-            ),
-            "half_max": float(np.median(peaks[~labelled_normal])) / 2 if (~labelled_normal).any() else None,
+            "noise_floor": noise_floor,
+            "half_max": half_max,
+            "floor": None if noise_floor is None else max(noise_floor, half_max or 0.0),
         }
 
     def state(self) -> dict[str, Any]:
@@ -304,6 +308,7 @@ class GanHooks:
             "inpainter": self.trainer.inference_inpainter.state_dict(),
             "auto_threshold": validation["noise_floor"],
             "half_max": validation["half_max"],
+            "floor": validation["floor"],
         }
 
     def state(self) -> dict[str, Any]:
