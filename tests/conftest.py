@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 TINY = {
     # whole slices: many tests segment a lone image or volume, which a run that saw only the organ refuses
     # (organ-only runs: tests/data/test_crop.py)
-    "data": {"size": 32, "organ_only": False},
+    "data": {"size": 32, "organ_margin": None, "organ_only": False},
     "classifier": {"max_steps": 6, "eval_every": 3, "batch_size": 8, "widths": [4, 8]},
     "gan": {
         "max_steps": 4,

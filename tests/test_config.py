@@ -35,6 +35,7 @@ def test_unknown_setting_is_named() -> None:
 def test_paper_profile_is_the_paper_recipe() -> None:
     paper = profile_settings("paper")
     assert paper.data.size == 256
+    assert paper.data.organ_margin is None and not paper.data.organ_only  # whole slices, as the paper
     assert paper.gan.enc_widths == [64, 128, 256, 512, 1024]
     assert paper.gan.gen_every == 5 and paper.gan.batch_size == 16
     assert paper.gan.lambda_kl == 5.0 and paper.gan.lambda_tv == 0.05 and paper.gan.lambda_minc == 0.0

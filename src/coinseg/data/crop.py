@@ -6,11 +6,12 @@ the networks see the slice (:func:`blank_outside`), so the classifier looks for 
 the GAN edits it only (on the generalization suite's real CT the classifier's AUROC went 0.77 -> 0.97;
 ``benchmarks/RESULTS.md``).
 
-With ``data.organ_margin`` set (off by default) and an ``organ`` mask on every row of a plain manifest, the
-networks see a box around the organ instead of the whole slice, so a lesion is several times larger in their
-input (on the generalization suite's real CT, a kidney lesion of 8-20 mm is 1.3-3.4 px wide when the whole
-244 px slice is squeezed to 64 px; the perfect counterfactual then reaches pooled IoU 0.38, against 0.50
-through the square box; COIN's own masks did not improve at CPU budgets: see ``benchmarks/RESULTS.md``).
+With ``data.organ_margin`` set (0.1 in the quick profile, None in the paper profile) and an ``organ`` mask on
+every row of a plain manifest, the networks see a box around the organ instead of the whole slice, so a lesion
+is larger in their input (on the generalization suite's real CT, a kidney lesion of 8-20 mm is 1.3-3.4 px wide
+when the whole 244 px slice is squeezed to 64 px; the perfect counterfactual then reaches pooled IoU 0.38,
+against 0.50 through the square box; with the organ-only input it raised pixel AP on every suite run with an
+organ column: see ``benchmarks/RESULTS.md``).
 
 The box has one size for the whole run, in pixels, chosen on the training split (:func:`fit_crop`): a square
 with the longest side of any training organ's bounding box, widened by ``margin`` of it on each side. Each slice
