@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from coinseg.cli import app
-from coinseg.config import Settings, save_settings
+from coinseg.config import Settings, profile_settings, save_settings
 from coinseg.data.crop import ORGAN_RIM_PX, OrganCrop, blank_outside, fit_crop
 from coinseg.data.normalise import normalise
 from coinseg.predictor import Predictor
@@ -148,6 +148,25 @@ def test_blank_outside_keeps_the_organ_and_its_rim() -> None:
         assert out[gone] == -np.inf, gone
     assert np.array_equal(normalise(out, (0.0, 100.0))[out == -np.inf], np.full(int((out == -np.inf).sum()), -1.0))
     assert (blank_outside(np.ones((4, 4)), np.zeros((4, 4))) == -np.inf).all()
+
+
+def test_the_quick_profiles_organ_input_crops_and_blanks(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
+    """The quick profile's default for a manifest with organ masks: the box around the organ and only the organ
+    inside it. Both networks record both; every mask lies inside its slice's box and its organ."""
+    quick = profile_settings("quick").data
+    assert quick.organ_margin is not None and quick.organ_only
+    tiny.data.organ_margin, tiny.data.organ_only = quick.organ_margin, quick.organ_only
+    clf, gan, masks, lone = train_and_segment(tiny_data, tiny, tmp_path)
+    assert gan["crop"] == clf["crop"] is not None and gan["organ_only"] is clf["organ_only"] is True
+    crop = OrganCrop.from_json(gan["crop"])
+    assert crop is not None
+    for organ, mask in masks:
+        top, left, h, w = crop.box(organ)
+        assert mask.shape == organ.shape and not (mask & ~organ).any()
+        mask[top : top + h, left : left + w] = False
+        assert not mask.any()
+    code, output = run_cli("segment", tmp_path / "gan", lone, "--out", tmp_path / "s2")
+    assert code == 2 and "organ-centred crops and needs each slice's organ mask" in output
 
 
 def test_an_organ_only_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
