@@ -59,9 +59,10 @@ DevicesOpt = Annotated[int, typer.Option(help="devices (processes) per node; mor
 NodesOpt = Annotated[int, typer.Option(help="machines; needs torchrun or fabric run on each (see README)")]
 StrategyOpt = Annotated[str, typer.Option(help="auto or ddp (DDP whenever more than one process)")]
 THRESHOLD_HELP = (
-    "mask = |x - x_cf| / 2 > threshold: 'floor' = the run's noise floor (the change it makes on normal validation "
-    "slices), at least the paper's 0.25 unless the window was taken over the whole body, and at least half the "
-    "typical lesion's change on abnormal validation slices; 'auto' = that noise floor; or a number"
+    "mask = |x - x_cf| / 2 > threshold: 'floor' = the run's threshold calibrated at training: the larger of its "
+    "noise floor (the change it makes on normal validation slices) and half the typical lesion's change on "
+    "abnormal validation slices (older runs: at least 0.25 on an organ window); 'auto' = that noise floor; or a "
+    "number (the paper's 0.25)"
 )
 GATE_HELP = "no mask on slices the classifier calls normal, f(x) < 0.5 (--no-gate: on every slice)"
 UPSAMPLE_HELP = (
