@@ -269,6 +269,21 @@ def test_max_minutes_must_be_positive(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_the_config_files_seed_holds_unless_seed_is_given(tiny_data: Path, tiny_config: Path, tmp_path: Path) -> None:
+    """--seed overrides a --config file's seed; without it the file's seed is the run's (it was silently 0)."""
+    import yaml
+
+    config = tmp_path / "seed3.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(tiny_config.read_text()), "seed": 3}))
+    for extra, seed in (((), 3), (("--seed", "5"), 5)):
+        out = tmp_path / f"clf{seed}"
+        code, output = invoke(
+            "train-classifier", tiny_data, "--out", out, "--config", config, "--device", "cpu", *extra
+        )
+        assert code == 0, output
+        assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == seed
+
+
 def test_config_errors_and_a_profile_conflict_are_one_line(tiny_data: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("classifier:\n  batch_size: 0\n")
     code, output = invoke("train-classifier", tiny_data, "--out", tmp_path / "o", "--config", tmp_path / "bad.yaml")

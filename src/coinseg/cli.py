@@ -43,12 +43,19 @@ ConfigOpt = Annotated[
     Path | None, typer.Option(help="settings YAML: overrides its 'profile:' (else --profile); see README")
 ]
 DeviceOpt = Annotated[DeviceChoice, typer.Option(help="auto picks CUDA when available")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="mixed precision needs CUDA")]
 MinutesOpt = Annotated[
     float | None,
     typer.Option("--max-minutes", help="stop training cleanly after this long, with a checkpoint (> 0)"),
 ]
 SeedOpt = Annotated[int, typer.Option(help="random seed, 0..4294967295")]
+# Training commands: a value given here overrides the --config file's; without one the file's (else the profile's)
+RunSeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="random seed, 0..4294967295 (default: the --config file's, else 0)")
+]
+PrecisionOpt = Annotated[
+    Precision | None,
+    typer.Option("--precision", help="mixed precision needs CUDA (default: the --config file's, else 32)"),
+]
 StrictOpt = Annotated[
     bool,
     typer.Option(
@@ -117,13 +124,18 @@ def _out_of_memory(exc: RuntimeError) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator" in str(exc)
 
 
-def _settings(profile: Profile | None, seed: int, precision: Precision, config: Path | None = None) -> Any:
-    """The run's settings: ``config`` over its own profile (else ``profile``), or ``profile`` alone."""
+def _settings(
+    profile: Profile | None, seed: int | None, precision: Precision | None, config: Path | None = None
+) -> Any:
+    """The run's settings: ``config`` over its own profile (else ``profile``), or ``profile`` alone; ``seed`` and
+    ``precision`` override them when given (None: the file's or the profile's)."""
     from coinseg.config import load_settings, profile_settings
 
     settings = load_settings(config, profile) if config is not None else profile_settings(profile or Profile.quick)
-    settings.seed = seed
-    settings.precision = precision
+    if seed is not None:
+        settings.seed = seed
+    if precision is not None:
+        settings.precision = precision
     return settings
 
 
@@ -145,8 +157,9 @@ def _require(ok: bool, option: str, value: object, rule: str) -> None:
         raise UsageError(f"{option} {value}: {rule}")
 
 
-def _check_common(seed: int, max_minutes: float | None = None) -> None:
-    _require(0 <= seed < 2**32, "--seed", seed, f"must be in 0..{2**32 - 1}")
+def _check_common(seed: int | None, max_minutes: float | None = None) -> None:
+    if seed is not None:
+        _require(0 <= seed < 2**32, "--seed", seed, f"must be in 0..{2**32 - 1}")
     if max_minutes is not None:
         _require(max_minutes > 0, "--max-minutes", f"{max_minutes:g}", "must be more than 0")
 
@@ -272,9 +285,9 @@ def train_classifier_cmd(
     out: Annotated[Path, typer.Option("--out", help="run directory")],
     profile: ProfileOpt = None,
     device: DeviceOpt = DeviceChoice.auto,
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = None,
     max_minutes: MinutesOpt = None,
-    seed: SeedOpt = 0,
+    seed: RunSeedOpt = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     config: ConfigOpt = None,
     strict_manifest: StrictOpt = False,
@@ -300,10 +313,10 @@ def train(
     method: Annotated[Method, typer.Option(help="coin, or singla (Singla et al.* baseline)")] = Method.coin,
     profile: ProfileOpt = None,
     device: DeviceOpt = DeviceChoice.auto,
-    precision: PrecisionOpt = Precision.fp32,
+    precision: PrecisionOpt = None,
     max_minutes: MinutesOpt = None,
     max_steps: Annotated[int | None, typer.Option(help="override the profile's number of steps (>= 1)")] = None,
-    seed: SeedOpt = 0,
+    seed: RunSeedOpt = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
     config: ConfigOpt = None,
     strict_manifest: StrictOpt = False,
