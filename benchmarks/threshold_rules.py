@@ -58,7 +58,8 @@ def main() -> None:
     arrays = [read_entry(e) for e in test]
     gts = [load_mask(e, a.shape) for e, a in zip(test, arrays, strict=True)]
     labels = np.array([e.label for e in test])
-    probs, _, maps = model.run(arrays, organs=model.entry_organs(test, arrays))
+    organs = model.entry_organs(test, arrays)
+    probs, _, maps = model.run(arrays, organs=organs)
     maps = gate_maps(maps, probs)
 
     rules = {"0.25": 0.25, "floor": model.threshold("floor"), "half-max": half_max}
@@ -72,7 +73,6 @@ def main() -> None:
         print(f"  {name:22s} threshold {cut:.3f}: pooled IoU {iou:.3f}, normal FP {fp:.3f}")
 
     cut = rules["floor"]
-    organs = [read_entry(e, e.organ) > 0 if e.organ else None for e in test]
     tp = fp = fn = fp_organ = hit = lesions = gated = 0
     for m, g, label, organ, p in zip(maps, gts, labels, organs, probs, strict=True):
         if label != 1:

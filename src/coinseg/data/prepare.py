@@ -62,12 +62,13 @@ def prepare_data(
         window = compute_window(train, percentiles, seed)
         window_from = "organ" if all(e.organ for e in train) else "body"
     notes = [note] if note else []
-    organ_only = organ_only and all(e.organ for e in entries)
+    every_organ = all(e.organ for e in entries)
+    organ_only = organ_only and every_organ
     if organ_only:
         notes.append(
             f"organ-only input: pixels more than {ORGAN_RIM_PX} px from each slice's organ set to the window's floor"
         )
-    if crop is None and organ_margin is not None and all(e.organ for e in entries) and not from_store(entries):
+    if crop is None and organ_margin is not None and every_organ and not from_store(entries):
         crop = fit_entries_crop(train, organ_margin)
     if crop is not None:
         notes.append(f"organ-centred crop: {crop.height} x {crop.width} px around each slice's organ")
