@@ -38,11 +38,58 @@ def test_classifier_trains_and_resumes(tiny_data: Path, tiny_config: Path, tmp_p
     assert code == 0, output
     for name in ("config.yaml", "metrics.csv", "progress.png", "log.txt", "run.json", "test_metrics.json"):
         assert (out / name).is_file(), name
-    assert set(json.loads((out / "test_metrics.json").read_text())["test"]) == {"loss", "accuracy", "auroc"}
+    assert set(json.loads((out / "test_metrics.json").read_text())["test"]) == {"loss", "accuracy", "auroc", "auroc_p"}
     code, output = invoke("train-classifier", tiny_data, "--out", out, "--config", tiny_config)
     assert code == 2 and "already holds a run" in output
     code, output = invoke("train-classifier", tiny_data, "--out", out, "--config", tiny_config, "--resume")
     assert code == 0 and "resumed at step 6" in output
+
+
+def _inverted_validation(manifest: Path, out: Path) -> Path:
+    """A copy of ``manifest`` (paths made absolute) whose validation rows have their labels swapped: any classifier
+    that ranks the true labels no worse than chance ranks these no better than chance."""
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("image", "mask", "organ"):
+            if row.get(key):
+                row[key] = str((manifest.parent / row[key]).resolve())
+        if row["split"] == "val":
+            row["label"] = str(1 - int(row["label"]))
+            row["mask"] = ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def test_a_classifier_at_chance_is_reported_by_both_trainings(
+    tiny_data: Path, classifier_run: Path, tiny_config: Path, tmp_path: Path
+) -> None:
+    manifest = _inverted_validation(tiny_data, tmp_path / "m" / "manifest.csv")
+    code, output = invoke(
+        "train-classifier", manifest, "--out", tmp_path / "clf", "--config", tiny_config, "--device", "cpu"
+    )
+    assert code == 0, output
+    log = (tmp_path / "clf" / "log.txt").read_text()
+    assert "the classifier ranks the validation split's abnormal slices above its normal ones no better" in log
+    assert json.loads((tmp_path / "clf" / "test_metrics.json").read_text())["val"]["auroc_p"] >= 0.01
+    code, output = invoke(
+        "train",
+        manifest,
+        "--classifier",
+        classifier_run,
+        "--out",
+        tmp_path / "gan",
+        "--config",
+        tiny_config,
+        "--device",
+        "cpu",
+    )
+    assert code == 0, output
+    assert "ranks this manifest's validation split's abnormal slices" in (tmp_path / "gan" / "log.txt").read_text()
 
 
 def test_gan_stops_and_resumes_exactly(

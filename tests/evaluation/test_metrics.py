@@ -4,6 +4,7 @@ import pytest
 from coinseg.evaluation.metrics import (
     SegmentationTally,
     accuracy_auroc,
+    auroc_p_value,
     average_precision,
     counterfactual_validity,
     difference_map,
@@ -118,3 +119,12 @@ def test_accuracy_auroc_with_ties():
     assert auc == pytest.approx(3.5 / 4)
     acc, auc = accuracy_auroc(np.array([1, 1]), np.array([0.7, 0.2]))
     assert acc == pytest.approx(0.5) and auc is None
+
+
+def test_auroc_p_value_is_small_only_when_abnormal_slices_rank_above_normal_ones():
+    labels = np.array([1] * 10 + [0] * 10)
+    high, low = np.linspace(0.6, 0.9, 10), np.linspace(0.1, 0.4, 10)
+    assert auroc_p_value(labels, np.r_[high, low]) < 1e-3  # perfectly separated
+    assert auroc_p_value(labels, np.r_[low, high]) > 0.99  # separated the wrong way round
+    assert auroc_p_value(labels, np.full(20, 0.5)) >= 0.5  # no ranking at all
+    assert auroc_p_value(np.array([1, 1]), np.array([0.7, 0.2])) is None  # one class

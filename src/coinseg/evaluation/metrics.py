@@ -201,6 +201,17 @@ def flip_rate(p: np.ndarray, p_cf: np.ndarray) -> float | None:
     return float(np.mean(b[sel] < 0.5))
 
 
+def auroc_p_value(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """How likely a classifier that cannot tell the classes apart ranks the positives this high: the one-sided
+    Mann-Whitney U test's p-value (probs of label 1 greater than those of label 0), in [0, 1]; None if only
+    one class is present. ``labels``, ``probs``: shape N, as in :func:`accuracy_auroc`."""
+    y = np.asarray(labels).ravel().astype(bool)
+    s = np.asarray(probs, dtype=np.float64).ravel()
+    if y.all() or not y.any():
+        return None
+    return float(scipy.stats.mannwhitneyu(s[y], s[~y], alternative="greater").pvalue)
+
+
 def accuracy_auroc(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float | None]:
     """Classification accuracy at 0.5 and AUROC.
 

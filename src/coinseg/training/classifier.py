@@ -3,7 +3,8 @@
 BCE on one logit, Adam, flips + small affine augmentation, class-balanced sampling when labels are imbalanced,
 validation on ``val`` every ``eval_every`` steps; ``best`` is the lowest val loss (calibration matters: the
 GAN's KL target is f's probability), never chosen on test.
-Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``.
+Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``, and a warning is logged
+when it ranks the validation slices no better than chance (:func:`chance_warning`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from coinseg.config import DeviceChoice, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
-from coinseg.evaluation.metrics import accuracy_auroc
+from coinseg.evaluation.metrics import accuracy_auroc, auroc_p_value
 from coinseg.method import load_classifier, probs
 from coinseg.models.classifier import build_classifier
 from coinseg.reporting.figures import progress_plot
@@ -39,14 +40,42 @@ from coinseg.training.loop import (
     unwrapped,
 )
 
+# A classifier whose validation AUROC is not above chance at this significance (one-sided Mann-Whitney U) is
+# reported as at chance: 1 in 100 classifiers that cannot tell the classes apart escapes the warning.
+CHANCE_SIGNIFICANCE = 0.01
+
+
+def chance_warning(labels: np.ndarray, p: np.ndarray, where: str) -> str | None:
+    """A warning line when the classifier's probabilities ``p`` (shape N, in [0, 1]) rank the slices labelled
+    abnormal (``labels`` 1, shape N) above those labelled normal no better than chance
+    (:func:`coinseg.evaluation.metrics.auroc_p_value` >= ``CHANCE_SIGNIFICANCE``); None otherwise, or when
+    ``labels`` hold one class. ``where`` names the slices, e.g. "the validation split"."""
+    p_value = auroc_p_value(labels, p)
+    if p_value is None or p_value < CHANCE_SIGNIFICANCE:
+        return None
+    _, auroc = accuracy_auroc(labels, p)
+    n_abnormal = int(np.count_nonzero(labels))
+    return (
+        f"warning: the classifier ranks {where}'s abnormal slices above its normal ones no better than chance "
+        f"(AUROC {auroc:.3f}, one-sided Mann-Whitney p = {p_value:.2g}, {n_abnormal} abnormal / "
+        f"{len(labels) - n_abnormal} normal slices). COIN removes what the classifier sees, so its masks will be "
+        "empty or wrong. Lesions too small or faint at data.size px are the usual cause: give an organ column "
+        "(the networks then see the organ, cropped), a larger data.size, or more slices"
+    )
+
 
 def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[str, float | None]:
-    p = probs(model, data.images, device)
-    labels = data.labels.numpy()
+    return _scores(data.labels.numpy(), probs(model, data.images, device))
+
+
+def _scores(labels: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
+    """BCE loss, accuracy, AUROC and ``auroc_p`` (:func:`coinseg.evaluation.metrics.auroc_p_value`) of the
+    probabilities ``p`` against ``labels`` (both shape N)."""
     acc, auroc = accuracy_auroc(labels, p)
+    p_value = auroc_p_value(labels, p)
     p = np.clip(p, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    return {"loss": loss, "accuracy": acc, "auroc": auroc}
+    return {"loss": loss, "accuracy": acc, "auroc": auroc, "auroc_p": p_value}
 
 
 def cosine_factor(step: int, total: int, warmup: int = 50) -> float:
@@ -229,7 +258,8 @@ def _train(
     if run is None:
         return {"step": outcome.step}
     best_model, _ = load_classifier(out)
-    final = {"step": outcome.step, "val": _evaluate(best_model.to(fabric.device), data.val, fabric.device)}
+    val_p = probs(best_model.to(fabric.device), data.val.images, fabric.device)
+    final = {"step": outcome.step, "val": _scores(data.val.labels.numpy(), val_p)}
     if data.test is not None:
         final["test"] = _evaluate(best_model, data.test, fabric.device)
     write_json(final, out / "test_metrics.json")
@@ -242,4 +272,7 @@ def _train(
         f"classifier done: {'test' if 'test' in final else 'val'} accuracy {summary['accuracy']:.3f}, "  # type: ignore[index]
         f"AUROC {summary['auroc'] if summary['auroc'] is None else round(summary['auroc'], 4)}"  # type: ignore[index]
     )
+    warning = chance_warning(data.val.labels.numpy(), val_p, "the validation split")
+    if warning:
+        run.log(warning)
     return final

@@ -40,6 +40,7 @@ from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
 from coinseg.runtime.device import make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
+from coinseg.training.classifier import chance_warning
 from coinseg.training.loop import (
     Cadences,
     DataOrder,
@@ -409,6 +410,11 @@ def _train(
         )
     fabric.seed_everything(settings.seed, verbose=False)
     trainer = GanTrainer.from_settings(settings, classifier, fabric)
+    if run is not None:
+        p_val = probs(trainer.classifier, data.val.images, fabric.device)
+        warning = chance_warning(data.val.labels.numpy(), p_val, "this manifest's validation split")
+        if warning:
+            run.log(warning)
     order = DataOrder(len(data.train), cfg.batch_size, settings.seed, fabric.global_rank, fabric.world_size)
     hooks = GanHooks(trainer, data, out)
     last = out / "checkpoints" / "last.pt"
