@@ -298,6 +298,8 @@ def run_member(member: Member, root: Path, args: argparse.Namespace) -> dict[str
     result = {
         "member": member.name,
         "classifier_auroc": metrics["default"]["classifier"]["auroc"],
+        # the chance check's p-value on the validation split (None for classifiers trained before it was recorded)
+        "classifier_val_p": json.loads((root / "clf" / "test_metrics.json").read_text())["val"].get("auroc_p"),
         "default": metrics["default"]["methods"]["coin"],
         "auto": metrics["auto"]["methods"]["coin"],
         "n_abnormal": metrics["default"]["n_abnormal"],
@@ -418,10 +420,17 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def p_value(value: float | None) -> str:
+    """A p-value, flagged "at chance" at or above the classifier check's significance (``chance_warning``)."""
+    from coinseg.training.classifier import CHANCE_SIGNIFICANCE
+
+    return "–" if value is None else f"{value:.2g}" + (", at chance" if value >= CHANCE_SIGNIFICANCE else "")
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown tables: scores at the default and auto thresholds, then the diagnosis."""
     lines = [
-        "| member | clf AUROC | pooled IoU default (thr) | IoU auto (thr) | mean Dice | pixel AP | CV | normal FP (default / auto) | steps clf / gan | s (data / clf / gan / eval) |",
+        "| member | clf AUROC (val p) | pooled IoU default (thr) | IoU auto (thr) | mean Dice | pixel AP | CV | normal FP (default / auto) | steps clf / gan | s (data / clf / gan / eval) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -433,7 +442,7 @@ def table(results: list[dict[str, Any]]) -> str:
             + f" / {s.get('eval-default', 0) + s.get('eval-auto', 0):.0f}"
         )
         lines.append(
-            f"| {r['member']} | {fmt(r['classifier_auroc'])} | {fmt(d['pooled_iou'])} ({fmt(d['threshold'])}) | {fmt(a['pooled_iou'])} "
+            f"| {r['member']} | {fmt(r['classifier_auroc'])} ({p_value(r.get('classifier_val_p'))}) | {fmt(d['pooled_iou'])} ({fmt(d['threshold'])}) | {fmt(a['pooled_iou'])} "
             f"({fmt(a['threshold'])}) | {fmt(d['mean_dice'])} | {fmt(d['pixel_ap'])} | {fmt(d['cv'])} "
             f"| {fmt(d['normal_fp_rate'])} / {fmt(a['normal_fp_rate'])} | {secs} |"
         )
