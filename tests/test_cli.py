@@ -45,18 +45,17 @@ def test_classifier_trains_and_resumes(tiny_data: Path, tiny_config: Path, tmp_p
     assert code == 0 and "resumed at step 6" in output
 
 
-def _inverted_validation(manifest: Path, out: Path) -> Path:
-    """A copy of ``manifest`` (paths made absolute) whose validation rows have their labels swapped: any classifier
-    that ranks the true labels no worse than chance ranks these no better than chance."""
+def _inverted_labels(manifest: Path, out: Path) -> Path:
+    """A copy of ``manifest`` (paths made absolute) whose validation and test rows have their labels swapped: any
+    classifier that ranks the true labels no worse than chance ranks these no better than chance."""
     with manifest.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key in ("image", "mask", "organ"):
             if row.get(key):
                 row[key] = str((manifest.parent / row[key]).resolve())
-        if row["split"] == "val":
+        if row["split"] in ("val", "test"):
             row["label"] = str(1 - int(row["label"]))
-            row["mask"] = ""
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -65,10 +64,10 @@ def _inverted_validation(manifest: Path, out: Path) -> Path:
     return out
 
 
-def test_a_classifier_at_chance_is_reported_by_both_trainings(
-    tiny_data: Path, classifier_run: Path, tiny_config: Path, tmp_path: Path
+def test_a_classifier_at_chance_is_reported_by_training_and_evaluation(
+    tiny_data: Path, classifier_run: Path, coin_run: Path, tiny_config: Path, tmp_path: Path
 ) -> None:
-    manifest = _inverted_validation(tiny_data, tmp_path / "m" / "manifest.csv")
+    manifest = _inverted_labels(tiny_data, tmp_path / "m" / "manifest.csv")
     code, output = invoke(
         "train-classifier", manifest, "--out", tmp_path / "clf", "--config", tiny_config, "--device", "cpu"
     )
@@ -90,6 +89,12 @@ def test_a_classifier_at_chance_is_reported_by_both_trainings(
     )
     assert code == 0, output
     assert "ranks this manifest's validation split's abnormal slices" in (tmp_path / "gan" / "log.txt").read_text()
+    code, output = invoke("evaluate", coin_run, manifest, "--out", tmp_path / "eval", "--device", "cpu")
+    assert code == 0, output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["classifier"]["auroc_p"] >= 0.01
+    assert any("ranks the test split's abnormal slices" in note for note in metrics["notes"])
+    assert "ranks the test split's abnormal slices" in " ".join(output.split())
 
 
 def test_gan_stops_and_resumes_exactly(

@@ -436,11 +436,12 @@ def evaluate(
         gate=gate,
         upsample=upsample,
     )
-    _print_table(metrics)
+    _print_summary(metrics)
     typer.echo(str(out / "report.html"))
 
 
-def _print_table(metrics: dict[str, Any]) -> None:
+def _print_summary(metrics: dict[str, Any]) -> None:
+    """The methods' scores as a table, then the evaluation's notes (stderr)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -451,7 +452,10 @@ def _print_table(metrics: dict[str, Any]) -> None:
         table.add_column(column, justify="right")
     for name, row in metrics["methods"].items():
         table.add_row(name, *("–" if row.get(c) is None else f"{row[c]:.3g}" for c in columns))
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(table)
+    for note in metrics["notes"]:
+        console.print(note, highlight=False)
 
 
 @app.command()

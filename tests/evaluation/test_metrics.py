@@ -6,6 +6,7 @@ from coinseg.evaluation.metrics import (
     accuracy_auroc,
     auroc_p_value,
     average_precision,
+    chance_warning,
     counterfactual_validity,
     difference_map,
     flip_rate,
@@ -128,3 +129,13 @@ def test_auroc_p_value_is_small_only_when_abnormal_slices_rank_above_normal_ones
     assert auroc_p_value(labels, np.r_[low, high]) > 0.99  # separated the wrong way round
     assert auroc_p_value(labels, np.full(20, 0.5)) >= 0.5  # no ranking at all
     assert auroc_p_value(np.array([1, 1]), np.array([0.7, 0.2])) is None  # one class
+
+
+def test_chance_warning_names_the_auroc_and_counts_only_for_a_classifier_at_chance() -> None:
+    labels = np.array([1] * 30 + [0] * 30)
+    separated = np.r_[np.linspace(0.55, 0.95, 30), np.linspace(0.05, 0.45, 30)]
+    assert chance_warning(labels, separated, "the validation split") is None
+    shuffled = np.random.default_rng(0).permutation(separated)
+    warning = chance_warning(labels, shuffled, "the validation split")
+    assert warning is not None and "30 abnormal / 30 normal slices" in warning
+    assert "AUROC" in warning and "the validation split's abnormal slices" in warning

@@ -212,6 +212,30 @@ def auroc_p_value(labels: np.ndarray, probs: np.ndarray) -> float | None:
     return float(scipy.stats.mannwhitneyu(s[y], s[~y], alternative="greater").pvalue)
 
 
+# A classifier whose AUROC is not above chance at this significance (one-sided Mann-Whitney U) is
+# reported as at chance: 1 in 100 classifiers that cannot tell the classes apart escapes the warning.
+CHANCE_SIGNIFICANCE = 0.01
+
+
+def chance_warning(labels: np.ndarray, p: np.ndarray, where: str) -> str | None:
+    """A warning line when the classifier's probabilities ``p`` (shape N, in [0, 1]) rank the slices labelled
+    abnormal (``labels`` 1, shape N) above those labelled normal no better than chance
+    (:func:`auroc_p_value` >= ``CHANCE_SIGNIFICANCE``); None otherwise, or when
+    ``labels`` hold one class. ``where`` names the slices, e.g. "the validation split"."""
+    p_value = auroc_p_value(labels, p)
+    if p_value is None or p_value < CHANCE_SIGNIFICANCE:
+        return None
+    _, auroc = accuracy_auroc(labels, p)
+    n_abnormal = int(np.count_nonzero(labels))
+    return (
+        f"warning: the classifier ranks {where}'s abnormal slices above its normal ones no better than chance "
+        f"(AUROC {auroc:.3f}, one-sided Mann-Whitney p = {p_value:.2g}, {n_abnormal} abnormal / "
+        f"{len(labels) - n_abnormal} normal slices). COIN removes what the classifier sees, so its masks will be "
+        "empty or wrong. Lesions too small or faint at data.size px are the usual cause: give an organ column "
+        "(the networks then see the organ, cropped), a larger data.size, or more slices"
+    )
+
+
 def accuracy_auroc(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float | None]:
     """Classification accuracy at 0.5 and AUROC.
 

@@ -35,7 +35,9 @@ from coinseg.evaluation.cases import CaseMasks, score_cases
 from coinseg.evaluation.metrics import (
     SegmentationTally,
     accuracy_auroc,
+    auroc_p_value,
     average_precision,
+    chance_warning,
     counterfactual_validity,
     difference_map,
     flip_rate,
@@ -197,6 +199,9 @@ def evaluate(
     accuracy, auroc = accuracy_auroc(labels, probs)
 
     notes: list[str] = []
+    at_chance = chance_warning(labels, probs, f"the {split} split")
+    if at_chance:
+        notes.append(at_chance)
     if len(entries) < len(every):
         notes.append(f"scored on a fixed, evenly spaced subset of {len(entries)} of the {len(every)} {split} slices")
     if "rise" in methods and rise_masks != 6000:
@@ -275,7 +280,7 @@ def evaluate(
         "upsample": model.upsample.value,
         "n_abnormal": int((labels == 1).sum()),
         "n_normal": int((labels == 0).sum()),
-        "classifier": {"accuracy": accuracy, "auroc": auroc},
+        "classifier": {"accuracy": accuracy, "auroc": auroc, "auroc_p": auroc_p_value(labels, probs)},
         "methods": results,
         "notes": notes,
         "figures": {"comparison": "comparison.png"},

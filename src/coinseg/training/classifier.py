@@ -21,7 +21,7 @@ from torch import nn
 from coinseg.config import DeviceChoice, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
-from coinseg.evaluation.metrics import accuracy_auroc, auroc_p_value
+from coinseg.evaluation.metrics import accuracy_auroc, auroc_p_value, chance_warning
 from coinseg.method import load_classifier, probs
 from coinseg.models.classifier import build_classifier
 from coinseg.reporting.figures import progress_plot
@@ -39,29 +39,6 @@ from coinseg.training.loop import (
     train_loop,
     unwrapped,
 )
-
-# A classifier whose validation AUROC is not above chance at this significance (one-sided Mann-Whitney U) is
-# reported as at chance: 1 in 100 classifiers that cannot tell the classes apart escapes the warning.
-CHANCE_SIGNIFICANCE = 0.01
-
-
-def chance_warning(labels: np.ndarray, p: np.ndarray, where: str) -> str | None:
-    """A warning line when the classifier's probabilities ``p`` (shape N, in [0, 1]) rank the slices labelled
-    abnormal (``labels`` 1, shape N) above those labelled normal no better than chance
-    (:func:`coinseg.evaluation.metrics.auroc_p_value` >= ``CHANCE_SIGNIFICANCE``); None otherwise, or when
-    ``labels`` hold one class. ``where`` names the slices, e.g. "the validation split"."""
-    p_value = auroc_p_value(labels, p)
-    if p_value is None or p_value < CHANCE_SIGNIFICANCE:
-        return None
-    _, auroc = accuracy_auroc(labels, p)
-    n_abnormal = int(np.count_nonzero(labels))
-    return (
-        f"warning: the classifier ranks {where}'s abnormal slices above its normal ones no better than chance "
-        f"(AUROC {auroc:.3f}, one-sided Mann-Whitney p = {p_value:.2g}, {n_abnormal} abnormal / "
-        f"{len(labels) - n_abnormal} normal slices). COIN removes what the classifier sees, so its masks will be "
-        "empty or wrong. Lesions too small or faint at data.size px are the usual cause: give an organ column "
-        "(the networks then see the organ, cropped), a larger data.size, or more slices"
-    )
 
 
 def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[str, float | None]:

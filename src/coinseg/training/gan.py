@@ -33,14 +33,13 @@ from coinseg.data.crop import OrganCrop
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.errors import RunError
-from coinseg.evaluation.metrics import counterfactual_validity, difference_map, flip_rate
+from coinseg.evaluation.metrics import chance_warning, counterfactual_validity, difference_map, flip_rate
 from coinseg.io.files import atomic_file
 from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
 from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
 from coinseg.runtime.device import make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
-from coinseg.training.classifier import chance_warning
 from coinseg.training.loop import (
     Cadences,
     DataOrder,
