@@ -231,8 +231,9 @@ def chance_warning(labels: np.ndarray, p: np.ndarray, where: str) -> str | None:
         f"warning: the classifier ranks {where}'s abnormal slices above its normal ones no better than chance "
         f"(AUROC {auroc:.3f}, one-sided Mann-Whitney p = {p_value:.2g}, {n_abnormal} abnormal / "
         f"{len(labels) - n_abnormal} normal slices). COIN removes what the classifier sees, so its masks will be "
-        "empty or wrong. Lesions too small or faint at data.size px are the usual cause: give an organ column "
-        "(the networks then see the organ, cropped), a larger data.size, or more slices"
+        "empty or wrong. Lesions too small or too faint at data.size px are the usual cause: an organ column (the "
+        "networks then see the organ, cropped) or a larger data.size (classifier.stem_stride 2 keeps its cost) "
+        "enlarges them; lesions of a few tens of HU may stay unseen (benchmarks/RESULTS.md, Generalization suite)"
     )
 
 
