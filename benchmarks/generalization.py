@@ -422,7 +422,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 def p_value(value: float | None) -> str:
     """A p-value, flagged "at chance" at or above the classifier check's significance (``chance_warning``)."""
-    from coinseg.training.classifier import CHANCE_SIGNIFICANCE
+    from coinseg.evaluation.metrics import CHANCE_SIGNIFICANCE
 
     return "–" if value is None else f"{value:.2g}" + (", at chance" if value >= CHANCE_SIGNIFICANCE else "")
 
