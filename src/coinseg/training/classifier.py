@@ -4,7 +4,8 @@ BCE on one logit, Adam, flips + small affine augmentation, class-balanced sampli
 validation on ``val`` every ``eval_every`` steps; ``best`` is the lowest val loss (calibration matters: the
 GAN's KL target is f's probability), never chosen on test.
 Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``, and a warning is logged
-when it ranks the validation slices no better than chance (:func:`chance_warning`).
+when it ranks the validation slices no better than chance
+(:func:`coinseg.evaluation.metrics.chance_warning`).
 """
 
 from __future__ import annotations
