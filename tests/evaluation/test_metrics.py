@@ -134,8 +134,13 @@ def test_auroc_p_value_is_small_only_when_abnormal_slices_rank_above_normal_ones
 def test_chance_warning_names_the_auroc_and_counts_only_for_a_classifier_at_chance() -> None:
     labels = np.array([1] * 30 + [0] * 30)
     separated = np.r_[np.linspace(0.55, 0.95, 30), np.linspace(0.05, 0.45, 30)]
-    assert chance_warning(labels, separated, "the validation split") is None
     shuffled = np.random.default_rng(0).permutation(separated)
-    warning = chance_warning(labels, shuffled, "the validation split")
-    assert warning is not None and "30 abnormal / 30 normal slices" in warning
-    assert "AUROC" in warning and "the validation split's abnormal slices" in warning
+
+    def warning(p: np.ndarray) -> str | None:
+        return chance_warning(accuracy_auroc(labels, p)[1], auroc_p_value(labels, p), 30, 30, "the validation split")
+
+    assert warning(separated) is None
+    text = warning(shuffled)
+    assert text is not None and "30 abnormal / 30 normal slices" in text
+    assert "AUROC" in text and "the validation split's abnormal slices" in text
+    assert chance_warning(None, None, 2, 0, "the validation split") is None  # one class: nothing to test

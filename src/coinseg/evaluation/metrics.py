@@ -217,20 +217,18 @@ def auroc_p_value(labels: np.ndarray, probs: np.ndarray) -> float | None:
 CHANCE_SIGNIFICANCE = 0.01
 
 
-def chance_warning(labels: np.ndarray, p: np.ndarray, where: str) -> str | None:
-    """A warning line when the classifier's probabilities ``p`` (shape N, in [0, 1]) rank the slices labelled
-    abnormal (``labels`` 1, shape N) above those labelled normal no better than chance
-    (:func:`auroc_p_value` >= ``CHANCE_SIGNIFICANCE``); None otherwise, or when
-    ``labels`` hold one class. ``where`` names the slices, e.g. "the validation split"."""
-    p_value = auroc_p_value(labels, p)
-    if p_value is None or p_value < CHANCE_SIGNIFICANCE:
+def chance_warning(
+    auroc: float | None, p_value: float | None, n_abnormal: int, n_normal: int, where: str
+) -> str | None:
+    """A warning line when a classifier's ``auroc`` on ``n_abnormal`` + ``n_normal`` slices is no better than
+    chance (its :func:`auroc_p_value` ``p_value`` >= ``CHANCE_SIGNIFICANCE``); None otherwise, or when either is
+    None (one class). ``where`` names the slices, e.g. "the validation split"."""
+    if auroc is None or p_value is None or p_value < CHANCE_SIGNIFICANCE:
         return None
-    _, auroc = accuracy_auroc(labels, p)
-    n_abnormal = int(np.count_nonzero(labels))
     return (
         f"warning: the classifier ranks {where}'s abnormal slices above its normal ones no better than chance "
         f"(AUROC {auroc:.3f}, one-sided Mann-Whitney p = {p_value:.2g}, {n_abnormal} abnormal / "
-        f"{len(labels) - n_abnormal} normal slices). COIN removes what the classifier sees, so its masks will be "
+        f"{n_normal} normal slices). COIN removes what the classifier sees, so its masks will be "
         "empty or wrong. Lesions too small or too faint at data.size px are the usual cause: an organ column (the "
         "networks then see the organ, cropped) or a larger data.size (classifier.stem_stride 2 keeps its cost) "
         "enlarges them; lesions of a few tens of HU may stay unseen (benchmarks/RESULTS.md, Generalization suite)"

@@ -197,9 +197,11 @@ def evaluate(
     guides = model.guides(shown, boxes)  # shared by every method's maps
     probs = model.probs(x, batch_size)
     accuracy, auroc = accuracy_auroc(labels, probs)
+    auroc_p = auroc_p_value(labels, probs)
+    n_abnormal, n_normal = int((labels == 1).sum()), int((labels == 0).sum())
 
     notes: list[str] = []
-    at_chance = chance_warning(labels, probs, f"the {split} split")
+    at_chance = chance_warning(auroc, auroc_p, n_abnormal, n_normal, f"the {split} split")
     if at_chance:
         notes.append(at_chance)
     if len(entries) < len(every):
@@ -278,9 +280,9 @@ def evaluate(
         "max_slices": max_slices,
         "gate": gate,
         "upsample": model.upsample.value,
-        "n_abnormal": int((labels == 1).sum()),
-        "n_normal": int((labels == 0).sum()),
-        "classifier": {"accuracy": accuracy, "auroc": auroc, "auroc_p": auroc_p_value(labels, probs)},
+        "n_abnormal": n_abnormal,
+        "n_normal": n_normal,
+        "classifier": {"accuracy": accuracy, "auroc": auroc, "auroc_p": auroc_p},
         "methods": results,
         "notes": notes,
         "figures": {"comparison": "comparison.png"},

@@ -43,12 +43,10 @@ from coinseg.training.loop import (
 
 
 def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[str, float | None]:
-    return _scores(data.labels.numpy(), probs(model, data.images, device))
-
-
-def _scores(labels: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
-    """BCE loss, accuracy, AUROC and ``auroc_p`` (:func:`coinseg.evaluation.metrics.auroc_p_value`) of the
-    probabilities ``p`` against ``labels`` (both shape N)."""
+    """BCE loss, accuracy, AUROC and ``auroc_p`` (:func:`coinseg.evaluation.metrics.auroc_p_value`) of ``model``
+    on ``data``."""
+    p = probs(model, data.images, device)
+    labels = data.labels.numpy()
     acc, auroc = accuracy_auroc(labels, p)
     p_value = auroc_p_value(labels, p)
     p = np.clip(p, 1e-7, 1 - 1e-7)
@@ -236,8 +234,8 @@ def _train(
     if run is None:
         return {"step": outcome.step}
     best_model, _ = load_classifier(out)
-    val_p = probs(best_model.to(fabric.device), data.val.images, fabric.device)
-    final = {"step": outcome.step, "val": _scores(data.val.labels.numpy(), val_p)}
+    val = _evaluate(best_model.to(fabric.device), data.val, fabric.device)
+    final = {"step": outcome.step, "val": val}
     if data.test is not None:
         final["test"] = _evaluate(best_model, data.test, fabric.device)
     write_json(final, out / "test_metrics.json")
@@ -250,7 +248,10 @@ def _train(
         f"classifier done: {'test' if 'test' in final else 'val'} accuracy {summary['accuracy']:.3f}, "  # type: ignore[index]
         f"AUROC {summary['auroc'] if summary['auroc'] is None else round(summary['auroc'], 4)}"  # type: ignore[index]
     )
-    warning = chance_warning(data.val.labels.numpy(), val_p, "the validation split")
+    n_abnormal = int(data.val.labels.sum())
+    warning = chance_warning(
+        val["auroc"], val["auroc_p"], n_abnormal, len(data.val) - n_abnormal, "the validation split"
+    )
     if warning:
         run.log(warning)
     return final

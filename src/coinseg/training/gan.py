@@ -33,7 +33,14 @@ from coinseg.data.crop import OrganCrop
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.errors import RunError
-from coinseg.evaluation.metrics import chance_warning, counterfactual_validity, difference_map, flip_rate
+from coinseg.evaluation.metrics import (
+    accuracy_auroc,
+    auroc_p_value,
+    chance_warning,
+    counterfactual_validity,
+    difference_map,
+    flip_rate,
+)
 from coinseg.io.files import atomic_file
 from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
 from coinseg.models import build_discriminator
@@ -410,8 +417,16 @@ def _train(
     fabric.seed_everything(settings.seed, verbose=False)
     trainer = GanTrainer.from_settings(settings, classifier, fabric)
     if run is not None:
+        labels = data.val.labels.numpy()
         p_val = probs(trainer.classifier, data.val.images, fabric.device)
-        warning = chance_warning(data.val.labels.numpy(), p_val, "this manifest's validation split")
+        n_abnormal = int(labels.sum())
+        warning = chance_warning(
+            accuracy_auroc(labels, p_val)[1],
+            auroc_p_value(labels, p_val),
+            n_abnormal,
+            len(labels) - n_abnormal,
+            "this manifest's validation split",
+        )
         if warning:
             run.log(warning)
     order = DataOrder(len(data.train), cfg.batch_size, settings.seed, fabric.global_rank, fabric.world_size)
