@@ -16,7 +16,9 @@ Every member is then trained and scored with the CLI and its defaults (quick pro
 and diagnosed against the oracle counterfactual (the clean slice), through the same pipeline (the run's window,
 the network size, and back as ``segment`` resizes maps): the oracle's pooled IoU at 0.25 and at its best
 threshold, COIN's IoU at its best threshold (ungated), the fraction of the lesion's change that COIN's edit reproduces inside the
-lesion (completeness) and the fraction of COIN's change that lies inside the lesion (location).
+lesion (completeness) and the fraction of COIN's change that lies inside the lesion (location); and per lesion,
+split into lesions brighter and darker than their surroundings, how many COIN's mask finds and how many the
+classifier sees (calls abnormal when only that lesion is put back into the clean slice).
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
 
@@ -377,6 +379,7 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     cleans = [np.load(root / "data" / "clean" / e.image.name) for e in entries]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     organs = model.entry_organs(entries, arrays)
+    out: dict[str, Any] = {"lesions": lesions_found(model, arrays, cleans, gts, organs)}
     boxes = model.boxes(organs)
     arrays, cleans = model.seen(arrays, organs), model.seen(cleans, organs)  # as the networks see them
     x, x_clean = model.inputs(arrays, boxes), model.inputs(cleans, boxes)
@@ -396,7 +399,6 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
         candidates.append(
             ("oracle_crop", cropped_oracle([a for a, _ in normed], [c for _, c in normed], model.size, box))
         )
-    out: dict[str, Any] = {}
     for name, maps in candidates:
         ious = [pooled_iou(maps, gts, t) for t in THRESHOLDS]
         best = int(np.argmax(ious))
@@ -416,6 +418,41 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     return out
 
 
+def lesions_found(
+    model: Any, arrays: list[np.ndarray], cleans: list[np.ndarray], gts: list[np.ndarray], organs: Any
+) -> dict[str, dict[str, int]]:
+    """Per lesion (a connected component of a ground-truth mask) of the abnormal test slices, split by polarity
+    (``bright`` / ``dark``: the sign of the mean of slice - clean inside it): ``n`` lesions, ``found`` (COIN's
+    mask at the default threshold, gated, covers at least 10 % of it) and ``seen`` (the classifier calls the clean
+    slice with only this lesion put back abnormal, f > 0.5: the lesion is evidence the GAN has a reason to
+    remove). ``found`` well below ``seen`` is the GAN's limit; ``seen`` well below ``n`` the classifier's."""
+    from scipy import ndimage
+
+    from coinseg.predictor import gate_maps
+
+    probs, _, maps = model.run(arrays, organs=organs)
+    masks = [m > model.threshold("floor") for m in gate_maps(maps, probs)]
+    singles, owners, rows = [], [], []
+    for i, (a, c, g) in enumerate(zip(arrays, cleans, gts, strict=True)):
+        components, n = ndimage.label(g)
+        grown, _ = ndimage.label(ndimage.binary_dilation(g, iterations=2))  # the lesion's soft edge with it
+        for k in range(1, n + 1):
+            lesion = components == k
+            edge = grown == grown[lesion].max()
+            singles.append(np.where(edge, a, c))
+            owners.append(i)
+            polarity = "bright" if float((a - c)[lesion].mean()) > 0 else "dark"
+            rows.append((polarity, bool(masks[i][lesion].mean() >= 0.1)))
+    single_organs = None if organs is None else [organs[i] for i in owners]
+    seen = model.run(singles, organs=single_organs)[0] > 0.5 if singles else np.zeros(0, bool)
+    out = {k: {"n": 0, "found": 0, "seen": 0} for k in ("bright", "dark")}
+    for (polarity, found), s in zip(rows, seen, strict=True):
+        out[polarity]["n"] += 1
+        out[polarity]["found"] += int(found)
+        out[polarity]["seen"] += int(s)
+    return out
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -425,6 +462,13 @@ def p_value(value: float | None) -> str:
     from coinseg.evaluation.metrics import CHANCE_SIGNIFICANCE
 
     return "–" if value is None else f"{value:.2g}" + (", at chance" if value >= CHANCE_SIGNIFICANCE else "")
+
+
+def lesion_counts(lesions: dict[str, dict[str, int]] | None) -> str:
+    """``found / seen / n`` per polarity, e.g. ``53 / 70 / 80; 1 / 50 / 83`` (– for runs diagnosed before)."""
+    if not lesions:
+        return "–"
+    return "; ".join(f"{v['found']} / {v['seen']} / {v['n']}" for v in (lesions["bright"], lesions["dark"]))
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -448,8 +492,8 @@ def table(results: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| member | window (HU) | median lesion change in map | oracle IoU 0.25 / best (thr) | oracle native-res IoU 0.25 / best | oracle organ-box crop IoU 0.25 / best | COIN IoU best (thr) | completeness | location | half-removed called normal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| member | window (HU) | median lesion change in map | oracle IoU 0.25 / best (thr) | oracle native-res IoU 0.25 / best | oracle organ-box crop IoU 0.25 / best | COIN IoU best (thr) | completeness | location | half-removed called normal | lesions found / seen by f / n: bright; dark |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r["diagnosis"]
@@ -460,7 +504,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {g['oracle_native']['iou_025']:.3f} / {g['oracle_native']['iou_best']:.3f} "
             f"| {fmt(g.get('oracle_crop', {}).get('iou_025'))} / {fmt(g.get('oracle_crop', {}).get('iou_best'))} "
             f"| {c['iou_best']:.3f} ({c['best_threshold']:.2f}) | {g['completeness']:.2f} | {g['location']:.2f} "
-            f"| {fmt(g.get('half_removed_called_normal'), 2)} |"
+            f"| {fmt(g.get('half_removed_called_normal'), 2)} | {lesion_counts(g.get('lesions'))} |"
         )
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -46,3 +47,41 @@ def test_the_table_flags_a_classifier_at_chance_by_its_validation_p_value() -> N
     assert "| m | 0.500 (0.3, at chance) |" in rows[2]
     assert "| m | 0.500 (1e-09) |" in rows[3]
     assert "| m | 0.500 (–) |" in rows[4]
+
+
+def test_the_table_shows_lesions_found_and_seen_per_polarity() -> None:
+    result = _result(1e-9)
+    result["diagnosis"]["lesions"] = {"bright": {"n": 8, "found": 5, "seen": 7}, "dark": {"n": 9, "found": 0, "seen": 4}}
+    rows = generalization.table([result, _result(1e-9)]).splitlines()
+    assert rows[-2].endswith("| 5 / 7 / 8; 0 / 4 / 9 |")
+    assert rows[-1].endswith("| – |")  # a run diagnosed before the column existed
+
+
+class _FakeModel:
+    """f(x) = 1 where a slice has a pixel above 50 HU (sees bright lesions only); the map is 1 on the left half."""
+
+    def run(self, arrays, organs=None):
+        probs = np.array([float((a > 50).any()) for a in arrays])
+        maps = []
+        for a in arrays:
+            m = np.zeros(a.shape, np.float32)
+            m[:, : a.shape[1] // 2] = 1.0
+            maps.append(m)
+        return probs, probs, maps
+
+    def threshold(self, name: str) -> float:
+        return 0.5
+
+
+def test_lesions_are_counted_by_polarity_found_by_the_mask_and_seen_by_the_classifier() -> None:
+    clean = np.zeros((20, 20), np.float32)
+    image = clean.copy()
+    gt = np.zeros((20, 20), bool)
+    image[2:5, 2:5], gt[2:5, 2:5] = 100.0, True  # bright, left half: found, seen
+    image[12:15, 3:6], gt[12:15, 3:6] = -40.0, True  # dark, left half: found (slice called abnormal), not seen
+    image[2:5, 14:17], gt[2:5, 14:17] = -40.0, True  # dark, right half: not found, not seen
+    only_dark = clean.copy()
+    only_dark[8:11, 3:6] = -40.0  # a slice f calls normal: its map is gated away, so not found
+    gt_dark = only_dark < 0
+    got = generalization.lesions_found(_FakeModel(), [image, only_dark], [clean, clean], [gt, gt_dark], None)
+    assert got == {"bright": {"n": 1, "found": 1, "seen": 1}, "dark": {"n": 3, "found": 1, "seen": 0}}
