@@ -51,7 +51,10 @@ def test_the_table_flags_a_classifier_at_chance_by_its_validation_p_value() -> N
 
 def test_the_table_shows_lesions_found_and_seen_per_polarity() -> None:
     result = _result(1e-9)
-    result["diagnosis"]["lesions"] = {"bright": {"n": 8, "found": 5, "seen": 7}, "dark": {"n": 9, "found": 0, "seen": 4}}
+    result["diagnosis"]["lesions"] = {
+        "bright": {"n": 8, "found": 5, "seen": 7},
+        "dark": {"n": 9, "found": 0, "seen": 4},
+    }
     rows = generalization.table([result, _result(1e-9)]).splitlines()
     assert rows[-2].endswith("| 5 / 7 / 8; 0 / 4 / 9 |")
     assert rows[-1].endswith("| – |")  # a run diagnosed before the column existed
