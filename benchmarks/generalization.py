@@ -424,8 +424,9 @@ def lesions_found(
     """Per lesion (a connected component of a ground-truth mask) of the abnormal test slices, split by polarity
     (``bright`` / ``dark``: the sign of the mean of slice - clean inside it): ``n`` lesions, ``found`` (COIN's
     mask at the default threshold, gated, covers at least 10 % of it) and ``seen`` (the classifier calls the clean
-    slice with only this lesion put back abnormal, f > 0.5: the lesion is evidence the GAN has a reason to
-    remove). ``found`` well below ``seen`` is the GAN's limit; ``seen`` well below ``n`` the classifier's."""
+    slice normal and the clean slice with only this lesion put back abnormal: the lesion alone is evidence the GAN
+    has a reason to remove). ``found`` well below ``seen`` is the GAN's limit; ``seen`` well below ``n`` the
+    classifier's."""
     from scipy import ndimage
 
     from coinseg.predictor import gate_maps
@@ -444,7 +445,10 @@ def lesions_found(
             polarity = "bright" if float((a - c)[lesion].mean()) > 0 else "dark"
             rows.append((polarity, bool(masks[i][lesion].mean() >= 0.1)))
     single_organs = None if organs is None else [organs[i] for i in owners]
-    seen = model.run(singles, organs=single_organs)[0] > 0.5 if singles else np.zeros(0, bool)
+    clean_normal = model.run(cleans, organs=organs)[0] <= 0.5
+    seen = np.zeros(0, bool)
+    if singles:
+        seen = (model.run(singles, organs=single_organs)[0] > 0.5) & clean_normal[np.array(owners)]
     out = {k: {"n": 0, "found": 0, "seen": 0} for k in ("bright", "dark")}
     for (polarity, found), s in zip(rows, seen, strict=True):
         out[polarity]["n"] += 1

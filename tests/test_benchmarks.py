@@ -86,5 +86,15 @@ def test_lesions_are_counted_by_polarity_found_by_the_mask_and_seen_by_the_class
     only_dark = clean.copy()
     only_dark[8:11, 3:6] = -40.0  # a slice f calls normal: its map is gated away, so not found
     gt_dark = only_dark < 0
-    got = generalization.lesions_found(_FakeModel(), [image, only_dark], [clean, clean], [gt, gt_dark], None)
-    assert got == {"bright": {"n": 1, "found": 1, "seen": 1}, "dark": {"n": 3, "found": 1, "seen": 0}}
+    bright_clean = clean.copy()
+    bright_clean[15:18, 15:18] = 80.0  # f calls this slice abnormal even without its lesion
+    on_bright = bright_clean.copy()
+    on_bright[2:5, 2:5] = 100.0  # bright, left half: found, but not seen (the lesion alone changes nothing)
+    got = generalization.lesions_found(
+        _FakeModel(),
+        [image, only_dark, on_bright],
+        [clean, clean, bright_clean],
+        [gt, gt_dark, on_bright > 90],
+        None,
+    )
+    assert got == {"bright": {"n": 2, "found": 2, "seen": 1}, "dark": {"n": 3, "found": 1, "seen": 0}}
