@@ -18,7 +18,7 @@ the network size, and back as ``segment`` resizes maps): the oracle's pooled IoU
 threshold, COIN's IoU at its best threshold (ungated), the fraction of the lesion's change that COIN's edit reproduces inside the
 lesion (completeness) and the fraction of COIN's change that lies inside the lesion (location); and per lesion,
 split into lesions brighter and darker than their surroundings, how many COIN's mask finds and how many the
-classifier sees (calls abnormal when only that lesion is put back into the clean slice).
+classifier sees (calls the clean slice normal, and abnormal once only that lesion is put back into it).
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
 
