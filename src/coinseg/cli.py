@@ -445,11 +445,20 @@ def _print_summary(metrics: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    columns = ("pooled_iou", "mean_dice", "normal_fp_rate", "pixel_ap", "cv", "seconds_per_slice")
+    columns = {  # key in metrics.json -> a header short enough for an 80-column terminal
+        "pooled_iou": "pooled IoU",
+        "mean_dice": "Dice",
+        "normal_fp_rate": "normal FP",
+        "pixel_ap": "pixel AP",
+        "lesion_sensitivity_brighter": "found bright",
+        "lesion_sensitivity_darker": "found dark",
+        "cv": "CV",
+        "seconds_per_slice": "s/slice",
+    }
     table = Table(title=f"{metrics['split']}: {metrics['n_abnormal']} abnormal / {metrics['n_normal']} normal slices")
     table.add_column("method")
-    for column in columns:
-        table.add_column(column, justify="right")
+    for header in columns.values():
+        table.add_column(header, justify="right")
     for name, row in metrics["methods"].items():
         table.add_row(name, *("–" if row.get(c) is None else f"{row[c]:.3g}" for c in columns))
     console = Console(stderr=True)

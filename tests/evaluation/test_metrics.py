@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from coinseg.evaluation.metrics import (
+    LesionTally,
     SegmentationTally,
     accuracy_auroc,
     auroc_p_value,
@@ -10,6 +11,7 @@ from coinseg.evaluation.metrics import (
     counterfactual_validity,
     difference_map,
     flip_rate,
+    lesion_polarity,
     postprocess,
 )
 
@@ -144,3 +146,50 @@ def test_chance_warning_names_the_auroc_and_counts_only_for_a_classifier_at_chan
     assert text is not None and "30 abnormal / 30 normal slices" in text
     assert "AUROC" in text and "the validation split's abnormal slices" in text
     assert chance_warning(None, None, 2, 0, "the validation split") is None  # one class: nothing to test
+
+
+def _two_lesions() -> tuple[np.ndarray, np.ndarray]:
+    """A 40 HU slice with a bright lesion (rows 5-9, cols 5-9, 120 HU) and a dark one (rows 20-25, cols 20-25,
+    -10 HU), plus a bright structure that is no lesion (rows 30-34, cols 2-6, 300 HU)."""
+    image = np.full((40, 40), 40.0, np.float32)
+    truth = np.zeros((40, 40), bool)
+    image[5:10, 5:10], truth[5:10, 5:10] = 120.0, True
+    image[20:26, 20:26], truth[20:26, 20:26] = -10.0, True
+    image[30:35, 2:7] = 300.0
+    return image, truth
+
+
+def test_lesion_polarity_labels_each_lesion_and_compares_it_with_its_ring() -> None:
+    image, truth = _two_lesions()
+    labels, darker = lesion_polarity(image, truth)
+    assert labels.shape == truth.shape and labels.max() == 2
+    assert set(np.unique(labels[5:10, 5:10])) == {labels[7, 7]} and labels[7, 7] > 0
+    assert not darker[labels[7, 7] - 1]
+    assert darker[labels[22, 22] - 1]
+    assert (labels[~truth] == 0).all()
+    # a lesion darker than its own ring even inside a darker organ: only the ring counts
+    image[:, :] = -50.0
+    image[20:26, 20:26] = -100.0
+    image[5:10, 5:10] = 0.0
+    assert list(lesion_polarity(image, truth)[1][[labels[7, 7] - 1, labels[22, 22] - 1]]) == [False, True]
+
+
+def test_lesion_tally_counts_a_lesion_as_detected_when_any_pixel_of_it_is_predicted() -> None:
+    image, truth = _two_lesions()
+    labels, darker = lesion_polarity(image, truth)
+    tally = LesionTally()
+    pred = np.zeros_like(truth)
+    pred[9, 9] = True  # one pixel of the bright lesion
+    pred[30:35, 2:7] = True  # a false positive on the bright structure: no lesion detected by it
+    tally.add(pred, labels, darker)
+    tally.add(np.zeros_like(truth), labels, darker)  # the same lesions, missed
+    assert tally.summary() == {
+        "lesions_brighter": 2,
+        "detected_brighter": 1,
+        "lesion_sensitivity_brighter": 0.5,
+        "lesions_darker": 2,
+        "detected_darker": 0,
+        "lesion_sensitivity_darker": 0.0,
+    }
+    empty = LesionTally().summary()
+    assert empty["lesions_darker"] == 0 and empty["lesion_sensitivity_darker"] is None

@@ -38,6 +38,10 @@ def test_gate_empties_every_mask_when_the_classifier_calls_all_slices_normal(
     assert gated["gated"] and not open_["gated"]
     assert gated["pooled_iou"] == 0.0 and gated["normal_fp_rate"] == 0.0
     assert open_["pooled_iou"] > 0.0 and open_["normal_fp_rate"] > 0.0
+    lesions = [f"lesions_{p}" for p in ("brighter", "darker")]
+    assert [gated[k] for k in lesions] == [open_[k] for k in lesions] and sum(gated[k] for k in lesions) > 0
+    assert gated["detected_brighter"] == gated["detected_darker"] == 0
+    assert open_["detected_brighter"] + open_["detected_darker"] > 0
     assert (
         "masks gated by the classifier (none where f(x) < 0.5): yes" in (tmp_path / "gated" / "report.md").read_text()
     )

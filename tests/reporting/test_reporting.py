@@ -151,9 +151,11 @@ METRICS = {
             "flip_rate": 0.9,
             "fid_paired": None,
             "fid_realism": None,
+            "lesion_sensitivity_brighter": 0.8,
+            "lesion_sensitivity_darker": 0.0,
             "seconds_per_slice": 0.012345,
         },
-        # no "pixel_ap" key at all, and nulls
+        # no "pixel_ap" key at all, no lesion counts (a report of an older evaluation), and nulls
         "rise": {
             "kind": "attribution",
             "threshold": 0.975,
@@ -180,11 +182,14 @@ def test_write_report(tmp_path):
     md = md_path.read_text()
     header = (
         "| method | kind | threshold | FID (paired) | FID (realism) | CV | pooled IoU | mean IoU | mean Dice "
-        "| normal-slice FP rate | pixel AP | s/slice |"
+        "| normal-slice FP rate | pixel AP | lesions found: brighter | darker | s/slice |"
     )
     assert header in md
-    assert "| coin | counterfactual | 0.250 | – | – | 0.950 | 0.646 | 0.500 | 0.600 | 0.100 | 0.700 | 0.0123 |" in md
-    assert "| rise | attribution | 0.975 | – | – | – | 0.397 | – | 0.400 | 0.200 | – | 1.5 |" in md
+    assert (
+        "| coin | counterfactual | 0.250 | – | – | 0.950 | 0.646 | 0.500 | 0.600 | 0.100 | 0.700 | 0.800 | 0.000 | 0.0123 |"
+        in md
+    )
+    assert "| rise | attribution | 0.975 | – | – | – | 0.397 | – | 0.400 | 0.200 | – | – | – | 1.5 |" in md
     assert "![comparison](comparison.png)" in md
     assert "overlay.png" in md and "![overlay]" not in md  # noted, not linked
     assert "FID unavailable" in md

@@ -139,6 +139,61 @@ class SegmentationTally:
         }
 
 
+POLARITIES = ("brighter", "darker")
+
+
+def lesion_polarity(image: np.ndarray, truth: np.ndarray, ring_px: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The lesions of one slice and whether each is darker than what surrounds it.
+
+    Args:
+        image: ``H x W`` slice in any intensity unit (HU or grey values).
+        truth: boolean ``H x W`` ground-truth mask.
+        ring_px: width in pixels of the ring around a lesion (outside every lesion) it is compared with.
+
+    Returns:
+        ``(labels, darker)``: int32 ``H x W`` labels of the 8-connected lesions (0 = background, 1..n) and a bool
+        array of n: the lesion's mean intensity is below its ring's (a lesion with no ring, filling the slice,
+        counts as brighter).
+    """
+    t = np.asarray(truth, dtype=bool)
+    labels, n = ndi.label(t, structure=np.ones((3, 3), bool))
+    darker = np.zeros(n, dtype=bool)
+    for k in range(1, n + 1):
+        lesion = labels == k
+        ring = ndi.binary_dilation(lesion, iterations=ring_px) & ~t
+        if ring.any():
+            darker[k - 1] = float(image[lesion].mean()) < float(image[ring].mean())
+    return labels.astype(np.int32, copy=False), darker
+
+
+class LesionTally:
+    """Lesions detected on abnormal slices, counted apart for lesions brighter and darker than their surroundings
+    (:func:`lesion_polarity`). A lesion is *detected* when any pixel of it is predicted, the rule of
+    :func:`coinseg.evaluation.volume.lesion_detection`: a weak mask's extent follows its threshold, and whether it
+    reaches a lesion at all is what this count asks. A method that finds one polarity only (a counterfactual
+    that brightens no dark lesion) shows here while its pooled IoU only looks low."""
+
+    def __init__(self) -> None:
+        self.n = dict.fromkeys(POLARITIES, 0)
+        self.detected = dict.fromkeys(POLARITIES, 0)
+
+    def add(self, pred: np.ndarray, labels: np.ndarray, darker: np.ndarray) -> None:
+        """One slice: boolean ``H x W`` ``pred`` and its ``(labels, darker)`` from :func:`lesion_polarity`."""
+        hit = np.bincount(labels[np.asarray(pred, dtype=bool)].ravel(), minlength=len(darker) + 1)[1:] > 0
+        for polarity, chosen in zip(POLARITIES, (~darker, darker), strict=True):
+            self.n[polarity] += int(chosen.sum())
+            self.detected[polarity] += int((hit & chosen).sum())
+
+    def summary(self) -> dict[str, int | float | None]:
+        """Per polarity ``P`` in :data:`POLARITIES`: ``lesions_P`` (count), ``detected_P`` and
+        ``lesion_sensitivity_P`` = detected / lesions (None without lesions of that polarity)."""
+        out: dict[str, int | float | None] = {}
+        for p in POLARITIES:
+            n, hit = self.n[p], self.detected[p]
+            out.update({f"lesions_{p}": n, f"detected_{p}": hit, f"lesion_sensitivity_{p}": hit / n if n else None})
+        return out
+
+
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float | None:
     """Threshold-free pixel average precision (step-wise area under the precision-recall curve).
 

@@ -33,6 +33,7 @@ from coinseg.errors import RunError, UsageError
 from coinseg.evaluation import fid as fid_lib
 from coinseg.evaluation.cases import CaseMasks, score_cases
 from coinseg.evaluation.metrics import (
+    LesionTally,
     SegmentationTally,
     accuracy_auroc,
     auroc_p_value,
@@ -41,6 +42,7 @@ from coinseg.evaluation.metrics import (
     counterfactual_validity,
     difference_map,
     flip_rate,
+    lesion_polarity,
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
@@ -122,23 +124,35 @@ def _fid_scores(extractor: Any, x01: torch.Tensor, cf01: torch.Tensor, labels: n
 
 
 def score_maps(
-    maps: list[np.ndarray], gts: list[np.ndarray], labels: np.ndarray, cut: float, postprocess: bool = False
+    maps: list[np.ndarray],
+    gts: list[np.ndarray],
+    labels: np.ndarray,
+    cut: float,
+    postprocess: bool = False,
+    lesions: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Masks ``map > cut`` (H_i x W_i maps at each slice's resolution; abnormal slices post-processed when
-    ``postprocess``) scored against the boolean ``gts`` with slice ``labels`` (1 = abnormal).
+    ``postprocess``) scored against the boolean ``gts`` with slice ``labels`` (1 = abnormal). ``lesions``: each
+    slice's :func:`~coinseg.evaluation.metrics.lesion_polarity`, to count lesions detected by polarity.
 
-    Returns (the :class:`SegmentationTally` summary plus ``pixel_ap`` of the maps, the predicted masks).
+    Returns (the :class:`SegmentationTally` summary plus ``pixel_ap`` of the maps and, with ``lesions``, the
+    :class:`LesionTally` summary; the predicted masks).
     """
-    tally = SegmentationTally()
+    tally, by_lesion = SegmentationTally(), LesionTally()
     masks = []
-    for m, gt, label in zip(maps, gts, labels, strict=True):
+    for i, (m, gt, label) in enumerate(zip(maps, gts, labels, strict=True)):
         pred = m > cut
         if postprocess and label == 1:
             pred = clean_mask(pred)
         tally.add(pred, gt, bool(label))
+        if lesions is not None and label == 1:
+            by_lesion.add(pred, *lesions[i])
         masks.append(pred)
     ap = average_precision(np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() for g in gts]))
-    return {**tally.summary(), "pixel_ap": ap}, masks
+    summary: dict[str, Any] = {**tally.summary(), "pixel_ap": ap}
+    if lesions is not None:
+        summary.update(by_lesion.summary())
+    return summary, masks
 
 
 def evaluate(
@@ -190,6 +204,7 @@ def evaluate(
     arrays = [read_entry(e) for e in entries]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     labels = np.array([e.label for e in entries])
+    polarity = [lesion_polarity(a, g) for a, g in zip(arrays, gts, strict=True)]
     organs = model.entry_organs(entries, arrays)
     boxes = model.boxes(organs, str(manifest))
     shown = model.seen(arrays, organs, str(manifest))
@@ -255,7 +270,7 @@ def evaluate(
             sized = confine_maps(sized, organs)  # as `segment` writes them: nothing outside the organ
             if gate:  # as `segment` writes them: no mask where f calls the slice normal
                 sized = gate_maps(sized, probs)
-            summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned)
+            summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned, polarity)
             entry.update(
                 threshold=cut, postprocess=cleaned, gated=gate, seconds_per_slice=seconds / max(len(x), 1), **summary
             )

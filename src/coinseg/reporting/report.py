@@ -30,6 +30,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("mean Dice", "mean_dice", "3f"),
     ("normal-slice FP rate", "normal_fp_rate", "3f"),
     ("pixel AP", "pixel_ap", "3f"),
+    ("lesions found: brighter", "lesion_sensitivity_brighter", "3f"),
+    ("darker", "lesion_sensitivity_darker", "3f"),
     ("s/slice", "seconds_per_slice", "3g"),
 ]
 
@@ -61,8 +63,9 @@ VOLUME_RULES = (
 
 LEGEND = "TP green, FP red, FN yellow, ground truth outlined cyan."
 DIRECTIONS = (
-    "Better is: FID (paired and realism) lower; CV, IoU, Dice and pixel AP higher; "
-    "normal-slice FP rate lower; s/slice lower."
+    "Better is: FID (paired and realism) lower; CV, IoU, Dice, pixel AP and lesions found higher; "
+    "normal-slice FP rate lower; s/slice lower. Lesions found: the fraction of the lesions brighter (darker) than "
+    "the pixels around them that any predicted pixel touches."
 )
 
 CSS = """
