@@ -172,6 +172,12 @@ def test_lesion_polarity_labels_each_lesion_and_compares_it_with_its_ring() -> N
     image[20:26, 20:26] = -100.0
     image[5:10, 5:10] = 0.0
     assert list(lesion_polarity(image, truth)[1][[labels[7, 7] - 1, labels[22, 22] - 1]]) == [False, True]
+    # lesions at the slice's edges (their ring is cut by the border)
+    image, truth = np.full((12, 12), 40.0), np.zeros((12, 12), bool)
+    image[:3, :3], truth[:3, :3] = -20.0, True
+    image[9:, 9:], truth[9:, 9:] = 90.0, True
+    labels, darker = lesion_polarity(image, truth)
+    assert darker[labels[0, 0] - 1] and not darker[labels[11, 11] - 1]
 
 
 def test_lesion_tally_counts_a_lesion_as_detected_when_any_pixel_of_it_is_predicted() -> None:

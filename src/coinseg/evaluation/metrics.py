@@ -158,11 +158,13 @@ def lesion_polarity(image: np.ndarray, truth: np.ndarray, ring_px: int = 2) -> t
     t = np.asarray(truth, dtype=bool)
     labels, n = ndi.label(t, structure=np.ones((3, 3), bool))
     darker = np.zeros(n, dtype=bool)
-    for k in range(1, n + 1):
-        lesion = labels == k
-        ring = ndi.binary_dilation(lesion, iterations=ring_px) & ~t
+    for k, box in enumerate(ndi.find_objects(labels), start=1):
+        # the lesion's bounding box grown by the ring: the dilation never reaches past it
+        box = tuple(slice(max(b.start - ring_px, 0), b.stop + ring_px) for b in box)
+        lesion = labels[box] == k
+        ring = ndi.binary_dilation(lesion, iterations=ring_px) & ~t[box]
         if ring.any():
-            darker[k - 1] = float(image[lesion].mean()) < float(image[ring].mean())
+            darker[k - 1] = float(image[box][lesion].mean()) < float(image[box][ring].mean())
     return labels.astype(np.int32, copy=False), darker
 
 
