@@ -12,6 +12,7 @@ from coinseg.evaluation.metrics import (
     difference_map,
     flip_rate,
     lesion_polarity,
+    polarity_warning,
     postprocess,
 )
 
@@ -199,3 +200,22 @@ def test_lesion_tally_counts_a_lesion_as_detected_when_any_pixel_of_it_is_predic
     }
     empty = LesionTally().summary()
     assert empty["lesions_darker"] == 0 and empty["lesion_sensitivity_darker"] is None
+
+
+def _counts(bright: tuple[int, int], dark: tuple[int, int]) -> dict:
+    return {
+        "detected_brighter": bright[0],
+        "lesions_brighter": bright[1],
+        "detected_darker": dark[0],
+        "lesions_darker": dark[1],
+    }
+
+
+def test_polarity_warning_names_the_polarity_a_method_misses() -> None:
+    note = polarity_warning(_counts((65, 90), (0, 77)))
+    assert note is not None and note.startswith("found 65 of 90 lesions brighter than their surroundings but 0 of 77")
+    reverse = polarity_warning(_counts((2, 40), (30, 50)))
+    assert reverse is not None and reverse.startswith("found 30 of 50 lesions darker")
+    assert polarity_warning(_counts((50, 90), (40, 77))) is None  # both found
+    assert polarity_warning(_counts((5, 60), (0, 60))) is None  # neither found well: nothing to compare
+    assert polarity_warning(_counts((8, 9), (0, 77))) is None  # too few bright lesions to tell

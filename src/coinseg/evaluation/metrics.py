@@ -196,6 +196,29 @@ class LesionTally:
         return out
 
 
+ONE_POLARITY_RATIO = 5.0  # one polarity's lesions found this many times more often than the other's
+ONE_POLARITY_MIN_LESIONS = 10  # of each polarity, so that a handful of lesions raises nothing
+
+
+def polarity_warning(summary: dict[str, int | float | None]) -> str | None:
+    """A one-line note when a method finds lesions of one polarity far more often than of the other (a
+    :meth:`LesionTally.summary`): with at least ``ONE_POLARITY_MIN_LESIONS`` lesions of each polarity, one
+    sensitivity at least 0.2 and ``ONE_POLARITY_RATIO`` times the other. None otherwise."""
+    hits = {p: int(summary[f"detected_{p}"] or 0) for p in POLARITIES}
+    totals = {p: int(summary[f"lesions_{p}"] or 0) for p in POLARITIES}
+    if min(totals.values()) < ONE_POLARITY_MIN_LESIONS:
+        return None
+    rates = {p: hits[p] / totals[p] for p in POLARITIES}
+    high, low = sorted(POLARITIES, key=rates.__getitem__, reverse=True)
+    if rates[high] < 0.2 or rates[high] < ONE_POLARITY_RATIO * rates[low]:
+        return None
+    return (
+        f"found {hits[high]} of {totals[high]} lesions {high} than their surroundings but {hits[low]} "
+        f"of {totals[low]} {low} ones: the counterfactual removes one polarity only (on the generalization "
+        "suite dark lesions stay, the GAN flipping the classifier by diffuse edits; benchmarks/RESULTS.md)"
+    )
+
+
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float | None:
     """Threshold-free pixel average precision (step-wise area under the precision-recall curve).
 

@@ -43,6 +43,7 @@ from coinseg.evaluation.metrics import (
     difference_map,
     flip_rate,
     lesion_polarity,
+    polarity_warning,
 )
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
@@ -274,6 +275,9 @@ def evaluate(
             entry.update(
                 threshold=cut, postprocess=cleaned, gated=gate, seconds_per_slice=seconds / max(len(x), 1), **summary
             )
+            one_polarity = polarity_warning(summary) if entry["kind"] == "counterfactual" else None
+            if one_polarity:
+                notes.append(f"{name}: {one_polarity}")
             if per_scan:
                 scans[name] = score_cases(entries, masks_by_method[name], gts, cleaned, MIN_LESION_MM3)
                 entry["volumes"] = VolumeTally([c.score for c in scans[name]]).summary()
