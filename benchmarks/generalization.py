@@ -421,7 +421,9 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
 def lesions_found(
     model: Any, arrays: list[np.ndarray], cleans: list[np.ndarray], gts: list[np.ndarray], organs: Any
 ) -> dict[str, dict[str, int]]:
-    """Per lesion (a connected component of a ground-truth mask) of the abnormal test slices, split by polarity
+    """Per lesion (a 4-connected component of a ground-truth mask; `evaluate`'s
+    :func:`coinseg.evaluation.metrics.lesion_polarity` joins diagonal neighbours too) of the abnormal test slices,
+    split by polarity
     (``bright`` / ``dark``: the sign of the mean of slice - clean inside it): ``n`` lesions, ``found`` (COIN's
     mask at the default threshold, gated, covers at least 10 % of it) and ``seen`` (the classifier calls the clean
     slice normal and the clean slice with only this lesion put back abnormal: the lesion alone is evidence the GAN
