@@ -202,3 +202,25 @@ def test_an_organ_only_run_trains_evaluates_and_segments(tiny_data: Path, tiny: 
         tmp_path / "settings.yaml",
     )
     assert code == 2 and "saw only each slice's organ" in output
+
+
+def test_an_organ_only_window_has_its_floor_lowered_below_the_organ(tiny_data: Path) -> None:
+    """With the organ-only input, the computed organ window's floor moves down by ``floor_margin`` of its width
+    (the top stays), so tissue darker than the organ is not mapped to the outside's -1; whole slices and a given
+    window are untouched."""
+    from coinseg.data.prepare import prepare_data
+
+    def prepared(**kw: object) -> tuple[tuple[float, float], list[str]]:
+        p = prepare_data(tiny_data, 32, [0.5, 99.5], **kw)  # type: ignore[arg-type]
+        assert p.window is not None
+        return p.window, p.notes
+
+    (lo, hi), _ = prepared(organ_only=True, floor_margin=0.0)
+    (lo2, hi2), notes = prepared(organ_only=True, floor_margin=0.5)
+    assert hi2 == hi and lo2 == pytest.approx(lo - 0.5 * (hi - lo))
+    assert any("lowered by 0.5" in n for n in notes)
+    assert prepared(organ_only=False, floor_margin=0.5)[0] == (lo, hi)
+    given, notes = prepared(window=(-100.0, 200.0), window_from="organ", organ_only=True, floor_margin=0.5)
+    assert given == (-100.0, 200.0) and not any("lowered" in n for n in notes)
+    # the outside (-inf before the window) is -1, a pixel at the organ's old floor now well above it
+    assert normalise(np.array([-np.inf, lo], np.float32), (lo2, hi2)).tolist() == pytest.approx([-1.0, -1 / 3])

@@ -41,6 +41,7 @@ def prepare_data(
     crop: OrganCrop | None = None,
     window_from: str | None = "given",
     organ_only: bool = False,
+    floor_margin: float = 0.0,
 ) -> Prepared:
     """Read and validate ``manifest``, compute the window from the training split (unless ``window`` is given,
     e.g. the classifier's, which a GAN must reuse, with ``window_from`` saying where it came from) and load every
@@ -50,7 +51,9 @@ def prepare_data(
     ``organ_margin`` not None and an organ mask on every row of a plain manifest (not a ``coinseg prepare``
     store, whose slices are organ-centred already), a box is fitted on the training split
     (:func:`coinseg.data.crop.fit_crop`). ``organ_only``: blank every slice outside its organ when every row has
-    an organ mask (else whole slices). ``notes``: what the run log should say (a held-out validation split; the
+    an organ mask (else whole slices); a window computed here then has its floor lowered by ``floor_margin``
+    times its width (a given window, e.g. the classifier's, is used as it is), so that tissue darker than the
+    organ is not set to the floor that the blanked outside is. ``notes``: what the run log should say (a held-out validation split; the
     organ-only input; the crop; duplicate rows and images in two splits, as warnings)."""
     entries = read_manifest(manifest)
     train, val, note = training_splits(entries, manifest)
@@ -58,15 +61,20 @@ def prepare_data(
     intensity = intensity_of(entries, manifest)
     if intensity == "unit":
         window, window_from = None, None
-    elif window is None:
-        window = compute_window(train, percentiles, seed)
-        window_from = "organ" if all(e.organ for e in train) else "body"
-    notes = [note] if note else []
     every_organ = all(e.organ for e in entries)
     organ_only = organ_only and every_organ
+    lowered = False
+    if intensity != "unit" and window is None:
+        window = compute_window(train, percentiles, seed)
+        window_from = "organ" if all(e.organ for e in train) else "body"
+        if organ_only and floor_margin:
+            window, lowered = (window[0] - floor_margin * (window[1] - window[0]), window[1]), True
+    notes = [note] if note else []
     if organ_only:
+        lowered_by = f" (lowered by {floor_margin:g} of the organ's window width)" if lowered else ""
         notes.append(
             f"organ-only input: pixels more than {ORGAN_RIM_PX} px from each slice's organ set to the window's floor"
+            + lowered_by
         )
     if crop is None and organ_margin is not None and every_organ and not from_store(entries):
         crop = fit_entries_crop(train, organ_margin)

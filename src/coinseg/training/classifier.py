@@ -156,6 +156,7 @@ def train_classifier(
         settings.seed,
         organ_margin=settings.data.organ_margin,
         organ_only=settings.data.organ_only,
+        floor_margin=settings.data.floor_margin,
     )
     run = on_rank_zero_first(fabric, lambda: RunDir(out, settings, resume, "classifier-run", (manifest,)))
     return train_in(fabric, run, lambda: _train(fabric, run, data, manifest, out, settings, max_minutes, resume))
