@@ -53,18 +53,18 @@ def prepare_data(
     (:func:`coinseg.data.crop.fit_crop`). ``organ_only``: blank every slice outside its organ when every row has
     an organ mask (else whole slices); a window computed here then has its floor lowered by ``floor_margin``
     times its width (a given window, e.g. the classifier's, is used as it is), so that tissue darker than the
-    organ is not set to the floor that the blanked outside is. ``notes``: what the run log should say (a held-out validation split; the
-    organ-only input; the crop; duplicate rows and images in two splits, as warnings)."""
+    organ is not set to the floor that the blanked outside is. ``notes``: what the run log should say (a held-out
+    validation split; the organ-only input; the crop; duplicate rows and images in two splits, as warnings)."""
     entries = read_manifest(manifest)
     train, val, note = training_splits(entries, manifest)
     test = [e for e in entries if e.split == "test"]
     intensity = intensity_of(entries, manifest)
-    if intensity == "unit":
-        window, window_from = None, None
     every_organ = all(e.organ for e in entries)
     organ_only = organ_only and every_organ
     lowered = False
-    if intensity != "unit" and window is None:
+    if intensity == "unit":
+        window, window_from = None, None
+    elif window is None:
         window = compute_window(train, percentiles, seed)
         window_from = "organ" if all(e.organ for e in train) else "body"
         if organ_only and floor_margin:
