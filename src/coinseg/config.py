@@ -131,7 +131,8 @@ class DataConfig:
     looking like the outside. 0.5 by default: on the generalization suite's real CT the GAN removed none of the
     lesions darker than the kidney in three trainings with 0 and 4 to 51 of 77 in each of four with 0.5 (pooled
     IoU 0.34-0.36 -> 0.33-0.60, mean 0.35 -> 0.42), at a cost of 0.012-0.055 on the built-in phantom (bright
-    lesions only; 0.711 -> 0.656 and 0.706 -> 0.694 over two seeds); 0.25 found them in one of two seeds; benchmarks/RESULTS.md.
+    lesions only; 0.711 -> 0.656 and 0.706 -> 0.694 over two seeds); 0.25 found them in one of two seeds;
+    benchmarks/RESULTS.md.
     """
 
     size: int = 64

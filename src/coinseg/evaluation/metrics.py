@@ -215,7 +215,8 @@ def polarity_warning(summary: dict[str, int | float | None]) -> str | None:
     return (
         f"found {hits[high]} of {totals[high]} lesions {high} than their surroundings but {hits[low]} "
         f"of {totals[low]} {low} ones: the counterfactual removes one polarity only (on the generalization "
-        "suite dark lesions stay, the GAN flipping the classifier by diffuse edits; benchmarks/RESULTS.md)"
+        "suite, dark lesions without an organ mask stay, the GAN flipping the classifier by diffuse edits; "
+        "benchmarks/RESULTS.md)"
     )
 
 
