@@ -1,8 +1,10 @@
 """Train the image-level classifier f (normal / abnormal) that COIN explains and inpaints against.
 
 BCE on one logit, Adam, flips + small affine augmentation, class-balanced sampling when labels are imbalanced,
-validation on ``val`` every ``eval_every`` steps; ``best`` is the lowest val loss (calibration matters: the
-GAN's KL target is f's probability), never chosen on test.
+validation on ``val`` every ``eval_every`` steps, with BatchNorm statistics first recomputed on
+``precise_bn`` unaugmented training slices (:mod:`coinseg.training.batchnorm`; they are saved with the weights);
+``best`` is the lowest val loss (calibration matters: the GAN's KL target is f's probability), never chosen on
+test.
 Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``, and a warning is logged
 when it ranks the validation slices no better than chance
 (:func:`coinseg.evaluation.metrics.chance_warning`).
@@ -30,6 +32,7 @@ from coinseg.runtime.checkpoint import write_json
 from coinseg.runtime.device import make_fabric
 from coinseg.runtime.rundir import Deadline, RunDir, versions
 from coinseg.training.augment import random_affine, warp
+from coinseg.training.batchnorm import precise_batchnorm
 from coinseg.training.loop import (
     Cadences,
     DataOrder,
@@ -71,7 +74,8 @@ def _sampling_weights(labels: torch.Tensor) -> torch.Tensor:
 
 class ClassifierHooks:
     """The classifier's part of :func:`coinseg.training.loop.train_loop`: BCE step with augmentation, cosine
-    schedule, validation loss / accuracy / AUROC on ``data.val`` (the unwrapped model, rank 0)."""
+    schedule, validation loss / accuracy / AUROC on ``data.val`` (the unwrapped model, rank 0, its BatchNorm
+    statistics recomputed on unaugmented training slices; training itself never reads them)."""
 
     def __init__(self, fabric: Any, model: nn.Module, optimizer: Any, data: Any, cfg: Any, order: DataOrder) -> None:
         self.fabric, self.model, self.optimizer, self.data, self.cfg, self.order = (
@@ -104,8 +108,10 @@ class ClassifierHooks:
         return {"train_loss": loss / max(steps, 1)}
 
     def validate(self) -> dict[str, float | None]:
+        net = unwrapped(self.model)
+        precise_batchnorm(net, self.data.train.images, self.cfg.precise_bn, self.cfg.batch_size, self.fabric.device)
         with self.fabric.autocast():
-            return _evaluate(unwrapped(self.model), self.data.val, self.fabric.device)
+            return _evaluate(net, self.data.val, self.fabric.device)
 
     def best_state(self, validation: dict[str, float | None]) -> dict[str, Any]:
         return {"model": self.model.state_dict()}
