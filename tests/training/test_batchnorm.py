@@ -65,6 +65,7 @@ def test_the_classifier_saves_recomputed_statistics_and_trains_the_same(
     the running averages (``precise_bn: 0``); the saved BatchNorm statistics differ."""
     from coinseg.training.classifier import train_classifier
 
+    tiny.classifier.precise_bn = 1024
     train_classifier(tiny_data, tmp_path / "precise", tiny, device="cpu")
     tiny.classifier.precise_bn = 0
     train_classifier(tiny_data, tmp_path / "running", tiny, device="cpu")

@@ -1,8 +1,8 @@
 """Train the image-level classifier f (normal / abnormal) that COIN explains and inpaints against.
 
 BCE on one logit, Adam, flips + small affine augmentation, class-balanced sampling when labels are imbalanced,
-validation on ``val`` every ``eval_every`` steps, with BatchNorm statistics first recomputed on
-``precise_bn`` unaugmented training slices (:mod:`coinseg.training.batchnorm`; they are saved with the weights);
+validation on ``val`` every ``eval_every`` steps (with ``precise_bn`` > 0, BatchNorm statistics first recomputed
+on that many unaugmented training slices, :mod:`coinseg.training.batchnorm`, and saved with the weights);
 ``best`` is the lowest val loss (calibration matters: the GAN's KL target is f's probability), never chosen on
 test.
 Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``, and a warning is logged
@@ -74,8 +74,8 @@ def _sampling_weights(labels: torch.Tensor) -> torch.Tensor:
 
 class ClassifierHooks:
     """The classifier's part of :func:`coinseg.training.loop.train_loop`: BCE step with augmentation, cosine
-    schedule, validation loss / accuracy / AUROC on ``data.val`` (the unwrapped model, rank 0, its BatchNorm
-    statistics recomputed on unaugmented training slices; training itself never reads them)."""
+    schedule, validation loss / accuracy / AUROC on ``data.val`` (the unwrapped model, rank 0; with ``precise_bn``
+    its BatchNorm statistics recomputed on unaugmented training slices, which training itself never reads)."""
 
     def __init__(self, fabric: Any, model: nn.Module, optimizer: Any, data: Any, cfg: Any, order: DataOrder) -> None:
         self.fabric, self.model, self.optimizer, self.data, self.cfg, self.order = (
