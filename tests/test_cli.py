@@ -89,6 +89,9 @@ def test_a_classifier_at_chance_is_reported_by_training_and_evaluation(
     )
     assert code == 0, output
     assert "ranks this manifest's validation split's abnormal slices" in (tmp_path / "gan" / "log.txt").read_text()
+    code, output = invoke("segment", tmp_path / "gan", manifest, "--out", tmp_path / "seg", "--device", "cpu")
+    assert code == 0, output
+    assert "ranks its training manifest's validation split's abnormal slices" in " ".join(output.split())
     code, output = invoke("evaluate", coin_run, manifest, "--out", tmp_path / "eval", "--device", "cpu")
     assert code == 0, output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

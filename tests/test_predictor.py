@@ -80,3 +80,16 @@ def test_an_organ_only_predictor_blanks_what_the_networks_see(remove_all_predict
     assert np.array_equal(shown[organ], hu[organ])
     with pytest.raises(RunError, match="saw only each slice's organ"):
         model.run([hu])
+
+
+def test_at_chance_warns_only_for_a_classifier_checked_at_chance(
+    remove_all_predictor: Callable[..., Predictor],
+) -> None:
+    """The check kept at training time: p >= 0.01 warns with the AUROC and counts; p < 0.01, or a run trained
+    before the check was kept (None), does not."""
+    chance = {"auroc": 0.48, "auroc_p": 0.67, "n_abnormal": 120, "n_normal": 124}
+    warning = remove_all_predictor((0.0, 100.0), 32, classifier_check=chance).at_chance()
+    assert warning is not None and "AUROC 0.480" in warning and "120 abnormal / 124 normal" in warning
+    found = {**chance, "auroc": 0.97, "auroc_p": 1e-30}
+    assert remove_all_predictor((0.0, 100.0), 32, classifier_check=found).at_chance() is None
+    assert remove_all_predictor((0.0, 100.0), 32).at_chance() is None

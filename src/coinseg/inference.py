@@ -242,9 +242,9 @@ def segment(
     check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device, upsample)
     rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate)
-    warning = model.below_noise_floor(rule.cut)
-    if warning:
-        console.print(warning, highlight=False)
+    for warning in (model.below_noise_floor(rule.cut), model.at_chance()):
+        if warning:
+            console.print(warning, highlight=False)
     jobs = collect_jobs(source, split)
     for job in jobs:
         if job.intensity != model.intensity:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from coinseg.data.normalise import normalise
 from coinseg.data.slices import read_organ, slice_tensor
 from coinseg.data.upsample import bilinear, guided
 from coinseg.errors import RunError, UsageError
-from coinseg.evaluation.metrics import difference_map
+from coinseg.evaluation.metrics import chance_warning, difference_map
 from coinseg.method import load_classifier, load_inpainter, probs
 from coinseg.runtime.console import console
 from coinseg.runtime.device import resolve_device
@@ -41,8 +42,9 @@ class Predictor:
     """A loaded ``coinseg train`` run: counterfactual maps, the frozen classifier, window, intensity kind
     ("hu" or "unit"), network size in pixels, device, the threshold calibrated at training time, the
     organ-centred box (None: whole slices), how maps are resized back to the slices, where the window came
-    from (``"organ"``, ``"body"``, ``"given"``; None: grey values or a run trained before this was recorded) and
-    whether the networks saw only each slice's organ."""
+    from (``"organ"``, ``"body"``, ``"given"``; None: grey values or a run trained before this was recorded),
+    whether the networks saw only each slice's organ, and the classifier's check against chance made when the run
+    was trained."""
 
     maps: CounterfactualMaps
     classifier: nn.Module
@@ -57,6 +59,17 @@ class Predictor:
     organ_only: bool = False
     half_max: float | None = None
     floor: float | None = None
+    classifier_check: dict[str, Any] | None = None
+
+    def at_chance(self) -> str | None:
+        """A one-line warning when the frozen classifier ranked its training manifest's validation slices no
+        better than chance, as checked when this run was trained (``classifier_check``: AUROC, its one-sided
+        Mann-Whitney ``auroc_p``, slice counts); None otherwise or for a run trained before the check was kept."""
+        check = self.classifier_check
+        if not check:
+            return None
+        where = "its training manifest's validation split"
+        return chance_warning(check["auroc"], check["auroc_p"], check["n_abnormal"], check["n_normal"], where)
 
     def threshold(self, value: float | str) -> float:
         """The mask threshold for ``value`` (from :func:`parse_threshold`): a number as it is; ``"auto"`` the
@@ -255,6 +268,7 @@ def load_predictor(
         bool(ckpt.get("organ_only")),
         ckpt.get("half_max"),
         ckpt.get("floor"),
+        ckpt.get("classifier_check"),
     )
 
 

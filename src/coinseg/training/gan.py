@@ -416,16 +416,20 @@ def _train(
         )
     fabric.seed_everything(settings.seed, verbose=False)
     trainer = GanTrainer.from_settings(settings, classifier, fabric)
+    # the classifier against chance on the validation split, kept with the model so that `segment` can warn
+    check: dict[str, Any] | None = None
     if run is not None:
         labels = data.val.labels.numpy()
         p_val = probs(trainer.classifier, data.val.images, fabric.device)
         n_abnormal = int(labels.sum())
+        check = {
+            "auroc": accuracy_auroc(labels, p_val)[1],
+            "auroc_p": auroc_p_value(labels, p_val),
+            "n_abnormal": n_abnormal,
+            "n_normal": len(labels) - n_abnormal,
+        }
         warning = chance_warning(
-            accuracy_auroc(labels, p_val)[1],
-            auroc_p_value(labels, p_val),
-            n_abnormal,
-            len(labels) - n_abnormal,
-            "this manifest's validation split",
+            check["auroc"], check["auroc_p"], n_abnormal, check["n_normal"], "this manifest's validation split"
         )
         if warning:
             run.log(warning)
@@ -442,6 +446,7 @@ def _train(
         "crop": data.crop.to_json() if data.crop else None,
         "organ_only": data.organ_only,
         "intensity": data.intensity,
+        "classifier_check": check,
         "settings": settings_to_dict(settings),
         "versions": versions(),
     }
