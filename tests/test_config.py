@@ -99,6 +99,7 @@ def test_singla_is_a_setting_of_the_same_gan() -> None:
         ({"data": {"window": [100]}}, "data.window: [100.0] must be a list of 2 numbers"),
         ({"data": {"floor_margin": -0.1}}, "data.floor_margin: -0.1 must be >= 0"),
         ({"classifier": {"precise_bn": -1}}, "classifier.precise_bn: -1 must be >= 0"),
+        ({"classifier": {"select": "best"}}, "classifier.select: 'best' is not one of last, val_loss"),
         ({"data": {"percentiles": [99, 1]}}, "data.percentiles: [99.0, 1.0] must be [a, b] with 0 <= a < b <= 100"),
         ({"data": {"percentiles": [0, 101]}}, "data.percentiles: [0.0, 101.0] must be"),
         ({"classifier": [1, 2]}, "classifier: expected a mapping, got list"),

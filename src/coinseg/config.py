@@ -43,6 +43,17 @@ class ClassifierArch(str, enum.Enum):
     small = "small"
 
 
+class ClassifierSelect(str, enum.Enum):
+    """Which classifier a run's ``best.pt`` holds, the one ``train``, ``evaluate`` and ``segment`` use.
+
+    ``last``: the weights of the last validation (the end of training, where the cosine schedule has brought the
+    learning rate to 0). ``val_loss``: those of the validation with the lowest loss (the paper's choice).
+    """
+
+    last = "last"
+    val_loss = "val_loss"
+
+
 class Method(str, enum.Enum):
     """``coin``: single conditioning, perturbation. ``singla``: dual conditioning, no perturbation."""
 
@@ -168,6 +179,8 @@ class ClassifierConfig:
     # 0.042 and an at-chance member's normal slices got false positives (0.000 -> 0.375), so it is opt-in
     # (benchmarks/RESULTS.md, *The classifier's BatchNorm statistics*).
     precise_bn: int = 0
+    # which checkpoint `train` uses (ClassifierSelect): `val_loss`, the lowest validation loss, as the paper
+    select: ClassifierSelect = ClassifierSelect.val_loss
 
 
 @dataclass
@@ -231,7 +244,11 @@ def paper_settings() -> Settings:
         profile=Profile.paper,
         data=DataConfig(size=256, organ_margin=None, organ_only=False),
         classifier=ClassifierConfig(
-            arch=ClassifierArch.resnet18, widths=[64, 128, 256, 512], batch_size=128, max_steps=1600
+            arch=ClassifierArch.resnet18,
+            widths=[64, 128, 256, 512],
+            batch_size=128,
+            max_steps=1600,
+            select=ClassifierSelect.val_loss,
         ),
         gan=GanConfig(
             enc_widths=[64, 128, 256, 512, 1024],

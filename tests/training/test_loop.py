@@ -19,11 +19,13 @@ from coinseg.training.loop import Cadences, DataOrder, every, train_loop
 
 
 class FakeHooks:
-    """Records the events of the loop; its 'score' is 10 - step, so every validation is a new best."""
+    """Records the events of the loop; its 'score' is 10 - step, so every validation is a new best (10 + step
+    with ``worsening``: none after the first is)."""
 
-    def __init__(self) -> None:
+    def __init__(self, worsening: bool = False) -> None:
         self.events: list[tuple[str, int]] = []
         self.steps = 0
+        self.sign = 1.0 if worsening else -1.0
 
     def train_step(self, step: int, idx: torch.Tensor) -> None:
         assert step == self.steps and idx.shape == (4,)
@@ -35,7 +37,7 @@ class FakeHooks:
 
     def validate(self) -> dict[str, float | None]:
         self.events.append(("validate", self.steps))
-        return {"score": 10.0 - self.steps}
+        return {"score": 10.0 + self.sign * self.steps}
 
     def best_state(self, validation: dict[str, float | None]) -> dict[str, Any]:
         return {"best_of": self.steps}
@@ -51,7 +53,12 @@ class FakeHooks:
 
 
 def run_fake(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_steps: int, deadline: Deadline
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_steps: int,
+    deadline: Deadline,
+    hooks: FakeHooks | None = None,
+    score_key: str | None = "score",
 ) -> tuple[FakeHooks, list[tuple[str, int]], loop.Outcome]:
     saved: list[tuple[str, int]] = []
     real = loop.save_checkpoint
@@ -61,7 +68,7 @@ def run_fake(
         real(state, path)
 
     monkeypatch.setattr(loop, "save_checkpoint", save)
-    hooks, run = FakeHooks(), RunDir(tmp_path / "run", Settings(), False, "test-run")
+    hooks, run = hooks or FakeHooks(), RunDir(tmp_path / "run", Settings(), False, "test-run")
     outcome = train_loop(
         Fabric(accelerator="cpu", devices=1),
         hooks,
@@ -73,7 +80,7 @@ def run_fake(
         cadences=Cadences(log=2, validate=3, checkpoint=4, samples=5),
         deadline=deadline,
         record={"kind": "fake"},
-        score_key="score",
+        score_key=score_key,
         best_key="best_score",
     )
     run.close()
@@ -100,6 +107,15 @@ def test_cadences_are_independent_and_the_last_step_runs_them_all(
     assert rows[1]["loss"] == "" and rows[1]["val_score"] == "7.0"
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert last["step"] == 7 and last["steps"] == 7 and last["best_score"] == 3.0 and last["kind"] == "fake"
+
+
+@pytest.mark.parametrize(("score_key", "best_steps"), [("score", [3]), (None, [3, 6, 7])])
+def test_best_is_the_lowest_score_or_without_a_score_the_last_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, score_key: str | None, best_steps: list[int]
+) -> None:
+    """Scores that only get worse: best.pt stays at the first validation, unless no score is named."""
+    _, saved, _ = run_fake(tmp_path, monkeypatch, 7, Deadline(None), FakeHooks(worsening=True), score_key)
+    assert [s for name, s in saved if name == "best.pt"] == best_steps
 
 
 def test_deadline_stops_after_the_step_with_every_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

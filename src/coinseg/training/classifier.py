@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coinseg.config import DeviceChoice, Settings, settings_to_dict
+from coinseg.config import ClassifierSelect, DeviceChoice, Settings, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.evaluation.metrics import accuracy_auroc, auroc_p_value, chance_warning
@@ -231,7 +231,7 @@ def _train(
         cadences=Cadences(log=cfg.eval_every, validate=cfg.eval_every, checkpoint=cfg.eval_every),
         deadline=Deadline(max_minutes),
         record=record,
-        score_key="loss",
+        score_key="loss" if cfg.select is ClassifierSelect.val_loss else None,
         best_key="best_loss",
         best=best,
         describe=lambda row: (

@@ -205,7 +205,7 @@ def train_loop(
     cadences: Cadences,
     deadline: Deadline,
     record: dict[str, Any],
-    score_key: str,
+    score_key: str | None,
     best_key: str,
     best: float | None = None,
     describe: Callable[[dict[str, Any]], str] = lambda row: "",
@@ -214,8 +214,9 @@ def train_loop(
 
     ``run`` is the run folder on the global-zero rank and None on the others (and None for a run without
     files, e.g. a sweep: nothing is written then). ``record``: what every checkpoint holds besides the trainer's
-    state (kind, settings, window, versions...). ``score_key``: the validation metric ``best.pt`` minimises;
-    ``best_key``: its name in ``last.pt``; ``best``: the best score so far (from :func:`resume_from`).
+    state (kind, settings, window, versions...). ``score_key``: the validation metric ``best.pt`` minimises
+    (None: every validation replaces ``best.pt``, which then holds the last validated state); ``best_key``: its
+    name in ``last.pt``; ``best``: the best score so far (from :func:`resume_from`).
     ``describe``: the progress bar's text for a metrics row.
     """
     zero = fabric.is_global_zero
@@ -244,7 +245,7 @@ def train_loop(
             if zero and (every(done, cadences.validate) or final):
                 validation = hooks.validate()
                 row = {"step": done, **row, **{f"val_{k}": v for k, v in validation.items()}}
-                score = validation[score_key]
+                score = validation[score_key] if score_key else None
                 if best is None or (score is not None and score < best):
                     best = score
                     if run is not None:
