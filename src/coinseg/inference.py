@@ -242,9 +242,6 @@ def segment(
     check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device, upsample)
     rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate)
-    for warning in (model.below_noise_floor(rule.cut), model.at_chance()):
-        if warning:
-            console.print(warning, highlight=False)
     jobs = collect_jobs(source, split)
     for job in jobs:
         if job.intensity != model.intensity:
@@ -261,6 +258,9 @@ def segment(
                 "(a duplicate row, or names that differ only in characters a file name cannot hold)"
             )
         first[job.name] = job
+    for warning in (model.below_noise_floor(rule.cut), model.at_chance()):  # once the input is known to be usable
+        if warning:
+            console.print(warning, highlight=False)
     rows = []
     with atomic_dir(out_dir, "segment") as tmp, progress_bar("segment", sum(j.n_slices for j in jobs)) as bar:
         progress, task = bar
