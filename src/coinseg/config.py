@@ -173,11 +173,11 @@ class ClassifierConfig:
     # costs with 1, while its first 3x3 filters still see every input pixel (benchmarks/RESULTS.md)
     stem_stride: int = 1
     # BatchNorm statistics recomputed before each validation from this many unaugmented training slices, and saved
-    # with the weights (0 = the running averages of training, as the paper). The averages are of warped slices: on
-    # the generalization suite's real CT `best` then fell on early checkpoints that missed the dark lesions in one
-    # seed of four; with 1024, pooled IoU over four seeds 0.460 -> 0.528 (mean), but the built-in phantom lost
-    # 0.042 and an at-chance member's normal slices got false positives (0.000 -> 0.375), so it is opt-in
-    # (benchmarks/RESULTS.md, *The classifier's BatchNorm statistics*).
+    # with the weights (0 = the running averages of training, as the paper). The averages are of warped slices. On
+    # the generalization suite's real CT, with `select: val_loss`, 1024 moved which checkpoint was chosen (pooled
+    # IoU over four seeds 0.460 -> 0.512) but did not rescue the seed whose lowest loss was at step 300; it cost
+    # the built-in phantom and gave an at-chance member's normal slices false positives (0.000 -> 0.375), so it is
+    # opt-in (benchmarks/RESULTS.md, *The classifier's BatchNorm statistics*).
     precise_bn: int = 0
     # which checkpoint `train` uses (ClassifierSelect). `last` in the quick profile: on the generalization suite's
     # real CT the lowest validation loss fell on early checkpoints (steps 300-400 of 1000) that miss the lesions

@@ -3,8 +3,8 @@
 During training each BatchNorm layer keeps running averages of batch statistics, of *augmented* inputs (the
 classifier's affine warps resample, and so smooth, every slice) and of the weights of the last few steps. The
 networks are then used in eval mode on slices as they are: on the generalization suite, with those averages, the
-small-lesion member's last classifier called 99 % of the normal test slices abnormal, and on the real CT `best`
-(lowest validation loss) fell on early checkpoints that missed most lesions darker than the organ
+small-lesion member's last classifier called 99 % of the normal test slices abnormal, and the validation loss
+jumped between validations, which moves the checkpoint ``classifier.select: val_loss`` picks
 (benchmarks/RESULTS.md, *The classifier's BatchNorm statistics*). :func:`precise_batchnorm` replaces them by
 the exact mean and variance over given inputs.
 """

@@ -3,9 +3,9 @@
 BCE on one logit, Adam, flips + small affine augmentation, class-balanced sampling when labels are imbalanced,
 validation on ``val`` every ``eval_every`` steps (with ``precise_bn`` > 0, BatchNorm statistics first recomputed
 on that many unaugmented training slices, :mod:`coinseg.training.batchnorm`, and saved with the weights);
-``best`` is the lowest val loss (calibration matters: the GAN's KL target is f's probability), never chosen on
-test.
-Test accuracy and AUROC of the best checkpoint are written to ``test_metrics.json``, and a warning is logged
+``best.pt``, the classifier ``train`` uses, holds the last validated weights (``select: last``, the quick profile)
+or those of the lowest val loss (``val_loss``, the paper profile), never chosen on test.
+Test accuracy and AUROC of that checkpoint are written to ``test_metrics.json``, and a warning is logged
 when it ranks the validation slices no better than chance
 (:func:`coinseg.evaluation.metrics.chance_warning`).
 """
