@@ -429,7 +429,7 @@ def _train(
             "n_normal": len(labels) - n_abnormal,
         }
         warning = chance_warning(
-            check["auroc"], check["auroc_p"], n_abnormal, check["n_normal"], "this manifest's validation split"
+            check["auroc"], check["auroc_p"], check["n_abnormal"], check["n_normal"], "this manifest's validation split"
         )
         if warning:
             run.log(warning)
