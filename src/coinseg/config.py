@@ -181,8 +181,8 @@ class ClassifierConfig:
     precise_bn: int = 0
     # which checkpoint `train` uses (ClassifierSelect). `last` in the quick profile: on the generalization suite's
     # real CT the lowest validation loss fell on early checkpoints (steps 300-500 of 1000) that miss most lesions
-    # darker than the kidney in three seeds of five; the last weights gave pooled IoU 0.431-0.609 over the five
-    # (0.332-0.603 before, mean 0.434 -> 0.557), at a cost of about 0.05 on the built-in phantom (still >= 0.59);
+    # darker than the kidney in three seeds of six; the last weights gave pooled IoU 0.406-0.609 over the six
+    # (0.332-0.603 before, mean 0.434 -> 0.532), at a cost of about 0.05 on the built-in phantom (still >= 0.59);
     # the paper profile keeps `val_loss` (benchmarks/RESULTS.md, *The classifier's checkpoint*)
     select: ClassifierSelect = ClassifierSelect.last
 
