@@ -71,6 +71,7 @@ def test_singla_is_a_setting_of_the_same_gan() -> None:
         ({"classifier": {"max_steps": -5}}, "classifier.max_steps: -5 must be >= 1"),
         ({"gan": {"log_every": 0}}, "gan.log_every: 0 must be >= 1"),
         ({"classifier": {"lr": 0}}, "classifier.lr: 0.0 must be > 0"),
+        ({"gan": {"lr_d": -1e-4}}, "gan.lr_d: -0.0001 must be > 0"),
         ({"classifier": {"hflip": 1.5}}, "classifier.hflip: 1.5 must be in [0, 1]"),
         ({"gan": {"betas": [0.5]}}, "gan.betas: [0.5] must be a list of 2 numbers"),
         ({"gan": {"betas": [0.5, 1.0]}}, "gan.betas[1]: 1.0 must be in [0, 1)"),

@@ -209,7 +209,10 @@ class GanConfig:
     # the paper's weight (the paper profile).
     lambda_tv: float = 0.2
     lambda_minc: float = 0.0
+    # Adam step sizes: ``lr`` for E+G, ``lr_d`` for D (None = ``lr``, as in the paper). Raising E+G's alone to
+    # 5e-4 and raising both were measured on the suite (benchmarks/RESULTS.md, *The GAN's step size*).
     lr: float = 2e-4
+    lr_d: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
     # Exponential moving average of E+G weights used for validation, `best` and inference (0 = off, the paper).
     ema: float = 0.995
@@ -471,6 +474,8 @@ def check_settings(settings: Settings) -> Settings:
     for key in ("lambda_adv", "lambda_kl", "lambda_rec", "lambda_tv", "lambda_minc"):
         _at_least(f"gan.{key}", getattr(gan, key), 0.0)
     _positive("gan.lr", gan.lr)
+    if gan.lr_d is not None:
+        _positive("gan.lr_d", gan.lr_d)
     _pair("gan.betas", gan.betas, "Adam beta1, beta2")
     for i, beta in enumerate(gan.betas):
         _within(f"gan.betas[{i}]", beta, 0.0, 1.0, open_high=True)

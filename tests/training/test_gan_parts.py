@@ -153,3 +153,18 @@ def test_the_window_records_where_it_came_from(
     assert prepare_data(no_organ, size, percentiles).window_from == "body"
     assert load_checkpoint(classifier_run / "checkpoints" / "best.pt")["window_from"] == "organ"
     assert load_checkpoint(coin_run / "checkpoints" / "best.pt")["window_from"] == "organ"
+
+
+@pytest.mark.parametrize(("lr_d", "expected"), [(None, 5e-4), (2e-4, 2e-4)])
+def test_discriminator_step_size_defaults_to_the_generators(
+    classifier_run: Path, tiny: Settings, lr_d: float | None, expected: float
+) -> None:
+    from coinseg.method import load_classifier
+    from coinseg.runtime.device import make_fabric
+    from coinseg.training.gan import GanTrainer
+
+    tiny.gan.lr, tiny.gan.lr_d = 5e-4, lr_d
+    classifier, _ = load_classifier(classifier_run)
+    trainer = GanTrainer.from_settings(tiny, classifier, make_fabric("cpu", tiny.precision))
+    assert [g["lr"] for g in trainer.opt_g.param_groups] == [5e-4]
+    assert [g["lr"] for g in trainer.opt_d.param_groups] == [expected]

@@ -115,7 +115,7 @@ class GanTrainer:
         classifier = prepare_network(fabric, classifier, *speed) if any(speed) else classifier
         betas = (cfg.betas[0], cfg.betas[1])
         opt_g = torch.optim.Adam(inpainter.parameters(), lr=cfg.lr, betas=betas)
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr if cfg.lr_d is None else cfg.lr_d, betas=betas)
         inpainter, opt_g = fabric.setup(inpainter, opt_g)
         discriminator, opt_d = fabric.setup(discriminator, opt_d)
         return cls(cfg, fabric, inpainter, discriminator, opt_g, opt_d, classifier, ema)
