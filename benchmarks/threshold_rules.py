@@ -1,12 +1,13 @@
 """Mask-free threshold rules scored on a trained run, with the maps as ``segment`` makes them (the run's
 upsampling, default guided; the classifier gate on), on the manifest's test split.
 
-Rules: the paper's 0.25; ``floor`` (the larger of 0.25 and the run's noise floor); ``auto`` (the noise floor);
+Rules: the paper's 0.25; ``floor`` (the run's default, calibrated at training: the larger of its noise floor and
+half the typical lesion's change); ``auto`` (the noise floor);
 ``half-max`` (half the median peak change of the validation slices labelled abnormal, computed here at the
 network's size); and, for reference only, the best single threshold found with the test masks. Then, at the
 run's default (``floor``): pixel precision and recall, how many ground-truth lesions (8-connected components)
-the mask touches, the share of false-positive pixels inside the organ (when the manifest has one) and how many
-abnormal slices the gate removed.
+the mask touches, the share of false-positive pixels inside the organ (when the manifest has one), how many
+abnormal slices the gate removed, and how many normal slices pass the gate and how many of those get a mask pixel.
 
     python benchmarks/threshold_rules.py RUN_DIR MANIFEST [--upsample guided|bilinear]
 """
@@ -90,6 +91,13 @@ def main() -> None:
     print(
         f"  at floor: precision {tp / max(tp + fp, 1):.3f}, recall {tp / max(tp + fn, 1):.3f}, lesions touched "
         f"{hit}/{lesions}{inside}, abnormal slices gated away {gated}/{int((labels == 1).sum())}"
+    )
+    normal = labels == 0
+    flagged = int((probs[normal] >= 0.5).sum())
+    with_pixel = sum(bool((m > cut).any()) for m, label in zip(maps, labels, strict=True) if label == 0)
+    print(
+        f"  normal slices: {flagged}/{int(normal.sum())} called abnormal (they pass the gate), {with_pixel} of them "
+        "with a mask pixel at floor"
     )
 
 

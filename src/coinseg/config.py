@@ -209,8 +209,9 @@ class GanConfig:
     # the paper's weight (the paper profile).
     lambda_tv: float = 0.2
     lambda_minc: float = 0.0
-    # Adam step sizes: ``lr`` for E+G, ``lr_d`` for D (None = ``lr``, as in the paper). Raising E+G's alone to
-    # 5e-4 and raising both were measured on the suite (benchmarks/RESULTS.md, *The GAN's step size*).
+    # Adam step sizes: ``lr`` for E+G, ``lr_d`` for D (None = ``lr``, as in the paper). 5e-4 for both, for E+G
+    # alone and for D alone were measured on the suite, none adopted (benchmarks/RESULTS.md, *The GAN's step
+    # size*, *E+G's and D's step sizes apart*).
     lr: float = 2e-4
     lr_d: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
