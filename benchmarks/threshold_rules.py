@@ -94,7 +94,7 @@ def main() -> None:
     )
     normal = labels == 0
     flagged = int((probs[normal] >= 0.5).sum())
-    with_pixel = sum(bool((m > cut).any()) for m, label in zip(maps, labels, strict=True) if label == 0)
+    with_pixel = sum(bool((m > cut).any()) for m, is_normal in zip(maps, normal, strict=True) if is_normal)
     print(
         f"  normal slices: {flagged}/{int(normal.sum())} called abnormal (they pass the gate), {with_pixel} of them "
         "with a mask pixel at floor"
