@@ -18,7 +18,9 @@ the network size, and back as ``segment`` resizes maps): the oracle's pooled IoU
 threshold, COIN's IoU at its best threshold (ungated), the fraction of the lesion's change that COIN's edit reproduces inside the
 lesion (completeness) and the fraction of COIN's change that lies inside the lesion (location); and per lesion,
 split into lesions brighter and darker than their surroundings, how many COIN's mask finds and how many the
-classifier sees (calls the clean slice normal, and abnormal once only that lesion is put back into it).
+classifier sees (calls the clean slice normal, and abnormal once only that lesion is put back into it); and how
+visible the lesions are at all, on the network's input grid and at the slice's own pixels (Rose's index,
+``detectability``).
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
 
@@ -360,6 +362,34 @@ def cropped_oracle(
     return maps
 
 
+ROSE_RING_PX = 3  # the ring around a lesion's footprint where its surroundings are measured, px
+ROSE_BLUR_PX = 1.5  # the Gaussian blur (sigma, px) whose residual is the structure at the pixel scale
+
+
+def detectability(x: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Each slice's lesion detectability on its own pixel grid, Rose's index d = C * sqrt(A) / sigma.
+
+    ``x``, ``clean``: N x H x W normalised slices (the image and its lesion-free twin) on the grid in question
+    (the network's input, or the slice's own pixels). The footprint is where |x - clean| reaches half its peak
+    on the slice; C is the mean |x - clean| there, A its area in px, and sigma the standard deviation, in a
+    ``ROSE_RING_PX`` ring around the footprint, of the clean slice minus its Gaussian blur (``ROSE_BLUR_PX``):
+    the noise and edges a lesion must be told apart from at that pixel size. Returns N values >= 0 (NaN for a
+    slice without a lesion, inf where the surroundings are perfectly flat); Rose's criterion puts visibility
+    at about d = 3-5.
+    """
+    out = np.full(len(x), np.nan)
+    for i, (a, c) in enumerate(zip(x, clean, strict=True)):
+        change = np.abs(a - c)
+        if change.max() <= 0:
+            continue
+        footprint = change >= 0.5 * change.max()
+        ring = ndimage.binary_dilation(footprint, iterations=ROSE_RING_PX) & ~footprint
+        structure = (c - ndimage.gaussian_filter(c, ROSE_BLUR_PX))[ring].std() if ring.any() else 0.0
+        signal = change[footprint].mean() * np.sqrt(footprint.sum())
+        out[i] = signal / structure if structure > 0 else np.inf
+    return out
+
+
 def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     """What limits the member, on its abnormal test slices: the oracle counterfactual (the clean slice through
     the run's window, network size and back) vs COIN's maps, IoU at 0.25 and at the best threshold, the edit's
@@ -387,14 +417,12 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
         x_cf = torch.cat([model.maps.counterfactual(x[i : i + 64]) for i in range(0, len(x), 64)])
     guides = model.guides(arrays, boxes)
     oracle = model.to_slices(difference_map(x, x_clean), x, arrays, boxes, guides)  # resized as `segment` does
-    native = [
-        np.abs(normalise(a, model.window) - normalise(c, model.window)) / 2 for a, c in zip(arrays, cleans, strict=True)
-    ]
+    normed = [(normalise(a, model.window), normalise(c, model.window)) for a, c in zip(arrays, cleans, strict=True)]
+    native = [np.abs(a - c) / 2 for a, c in normed]
     coin = model.to_slices(difference_map(x, x_cf), x, arrays, boxes, guides)
     candidates = [("oracle", oracle), ("oracle_native", native), ("coin", coin)]
     train_organs = [read_entry(e, e.organ) > 0 for e in every if e.split == "train" and e.organ is not None]
     if train_organs and len({o.shape for o in train_organs + gts}) == 1:
-        normed = [(normalise(a, model.window), normalise(c, model.window)) for a, c in zip(arrays, cleans, strict=True)]
         box = organ_box(train_organs)
         candidates.append(
             ("oracle_crop", cropped_oracle([a for a, _ in normed], [c for _, c in normed], model.size, box))
@@ -410,6 +438,10 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     out["location"] = float(inside.sum() / max(total, 1e-9))
     out["lesion_contrast_in_map"] = float(np.median(oracle_inside))
     out["window"] = list(model.window) if model.window else None
+    out["detectability"] = {  # median over the abnormal test slices
+        "input": float(np.nanmedian(detectability(x[:, 0].numpy(), x_clean[:, 0].numpy()))),
+        "native": float(np.nanmedian([detectability(a[None], c[None])[0] for a, c in normed])),
+    }
     with torch.no_grad():  # f on half-inpainted lesions: does f still call a half-removed lesion abnormal?
         half = torch.cat(
             [model.classifier(v[i : i + 64]) for v in [x - 0.5 * (x - x_clean)] for i in range(0, len(x), 64)]
@@ -498,19 +530,20 @@ def table(results: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| member | window (HU) | median lesion change in map | oracle IoU 0.25 / best (thr) | oracle native-res IoU 0.25 / best | oracle organ-box crop IoU 0.25 / best | COIN IoU best (thr) | completeness | location | half-removed called normal | lesions found / seen by f / n: bright; dark |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| member | window (HU) | median lesion change in map | oracle IoU 0.25 / best (thr) | oracle native-res IoU 0.25 / best | oracle organ-box crop IoU 0.25 / best | COIN IoU best (thr) | completeness | location | half-removed called normal | lesions found / seen by f / n: bright; dark | lesion detectability d: input / native |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r["diagnosis"]
-        o, c = g["oracle"], g["coin"]
+        o, c, d = g["oracle"], g["coin"], g.get("detectability", {})
         window = "grey" if g["window"] is None else f"[{g['window'][0]:.0f}, {g['window'][1]:.0f}]"
         lines.append(
             f"| {r['member']} | {window} | {g['lesion_contrast_in_map']:.3f} | {o['iou_025']:.3f} / {o['iou_best']:.3f} ({o['best_threshold']:.2f}) "
             f"| {g['oracle_native']['iou_025']:.3f} / {g['oracle_native']['iou_best']:.3f} "
             f"| {fmt(g.get('oracle_crop', {}).get('iou_025'))} / {fmt(g.get('oracle_crop', {}).get('iou_best'))} "
             f"| {c['iou_best']:.3f} ({c['best_threshold']:.2f}) | {g['completeness']:.2f} | {g['location']:.2f} "
-            f"| {fmt(g.get('half_removed_called_normal'), 2)} | {lesion_counts(g.get('lesions'))} |"
+            f"| {fmt(g.get('half_removed_called_normal'), 2)} | {lesion_counts(g.get('lesions'))} "
+            f"| {fmt(d.get('input'), 1)} / {fmt(d.get('native'), 1)} |"
         )
     return "\n".join(lines)
 

@@ -4,12 +4,13 @@ upsampling, default guided; the classifier gate on), on the manifest's test spli
 Rules: the paper's 0.25; ``floor`` (the run's default, calibrated at training: the larger of its noise floor and
 half the typical lesion's change); ``auto`` (the noise floor);
 ``half-max`` (half the median peak change of the validation slices labelled abnormal, computed here at the
-network's size); and, for reference only, the best single threshold found with the test masks. Then, at the
+network's size); and, for reference only, the best single threshold found with the test masks; with
+``--seed-margin K``, ``floor``'s mask keeping only the components whose peak reaches K x ``floor``. Then, at the
 run's default (``floor``): pixel precision and recall, how many ground-truth lesions (8-connected components)
 the mask touches, the share of false-positive pixels inside the organ (when the manifest has one), how many
 abnormal slices the gate removed, and how many normal slices pass the gate and how many of those get a mask pixel.
 
-    python benchmarks/threshold_rules.py RUN_DIR MANIFEST [--upsample guided|bilinear]
+    python benchmarks/threshold_rules.py RUN_DIR MANIFEST [--upsample guided|bilinear] [--seed-margin K ...]
 """
 
 from __future__ import annotations
@@ -27,13 +28,20 @@ from coinseg.evaluation.metrics import SegmentationTally, difference_map
 from coinseg.predictor import gate_maps, load_predictor
 
 
-def score(maps: list[np.ndarray], gts: list[np.ndarray], labels: np.ndarray, cut: float) -> tuple[float, float]:
-    """(pooled IoU, normal-slice false-positive rate) of ``maps > cut``."""
+def score(masks: list[np.ndarray], gts: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
+    """(pooled IoU, normal-slice false-positive rate) of the bool ``masks``."""
     tally = SegmentationTally()
-    for m, g, label in zip(maps, gts, labels, strict=True):
-        tally.add(m > cut, g, bool(label))
+    for m, g, label in zip(masks, gts, labels, strict=True):
+        tally.add(m, g, bool(label))
     summary = tally.summary()
     return float(summary["pooled_iou"] or 0.0), float(summary["normal_fp_rate"] or 0.0)
+
+
+def seeded(m: np.ndarray, cut: float, margin: float) -> np.ndarray:
+    """``m > cut``, keeping only the 8-connected components whose peak reaches ``margin * cut``."""
+    components, n = ndimage.label(m > cut, structure=np.ones((3, 3)))
+    peaks = np.asarray(ndimage.maximum(m, components, index=np.arange(1, n + 1)))
+    return np.concatenate([[False], peaks >= margin * cut])[components]
 
 
 def main() -> None:
@@ -41,6 +49,9 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--upsample", default="guided", choices=["guided", "bilinear"])
+    parser.add_argument(
+        "--seed-margin", type=float, nargs="*", default=[], help="also: floor's components that peak >= K x floor"
+    )
     args = parser.parse_args()
     model = load_predictor(args.run, "cpu", args.upsample)
     rows = read_manifest(args.manifest)
@@ -67,13 +78,16 @@ def main() -> None:
     if model.auto_threshold is not None:
         rules["auto"] = model.auto_threshold
     grid = np.round(np.arange(0.02, 0.9, 0.02), 2)
-    best = float(grid[int(np.argmax([score(maps, gts, labels, t)[0] for t in grid]))])
+    best = float(grid[int(np.argmax([score([m > t for m in maps], gts, labels)[0] for t in grid]))])
     print(f"{args.run} ({model.upsample.value} upsampling, gate on), test split")
     for name, cut in [*rules.items(), ("best (uses the masks)", best)]:
-        iou, fp = score(maps, gts, labels, cut)
+        iou, fp = score([m > cut for m in maps], gts, labels)
         print(f"  {name:22s} threshold {cut:.3f}: pooled IoU {iou:.3f}, normal FP {fp:.3f}")
 
     cut = rules["floor"]
+    for margin in args.seed_margin:
+        iou, fp = score([seeded(m, cut, margin) for m in maps], gts, labels)
+        print(f"  floor, components peaking >= {margin:g} x floor: pooled IoU {iou:.3f}, normal FP {fp:.3f}")
     tp = fp = fn = fp_organ = hit = lesions = gated = 0
     for m, g, label, organ, p in zip(maps, gts, labels, organs, probs, strict=True):
         if label != 1:

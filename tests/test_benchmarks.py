@@ -49,15 +49,16 @@ def test_the_table_flags_a_classifier_at_chance_by_its_validation_p_value() -> N
     assert "| m | 0.500 (–) |" in rows[4]
 
 
-def test_the_table_shows_lesions_found_and_seen_per_polarity() -> None:
+def test_the_table_shows_lesions_found_and_seen_per_polarity_and_their_detectability() -> None:
     result = _result(1e-9)
     result["diagnosis"]["lesions"] = {
         "bright": {"n": 8, "found": 5, "seen": 7},
         "dark": {"n": 9, "found": 0, "seen": 4},
     }
+    result["diagnosis"]["detectability"] = {"input": 1.74, "native": 6.91}
     rows = generalization.table([result, _result(1e-9)]).splitlines()
-    assert rows[-2].endswith("| 5 / 7 / 8; 0 / 4 / 9 |")
-    assert rows[-1].endswith("| – |")  # a run diagnosed before the column existed
+    assert rows[-2].endswith("| 5 / 7 / 8; 0 / 4 / 9 | 1.7 / 6.9 |")
+    assert rows[-1].endswith("| – | – / – |")  # a run diagnosed before the columns existed
 
 
 class _FakeModel:
@@ -98,3 +99,17 @@ def test_lesions_are_counted_by_polarity_found_by_the_mask_and_seen_by_the_class
         None,
     )
     assert got == {"bright": {"n": 2, "found": 2, "seen": 1}, "dark": {"n": 3, "found": 1, "seen": 0}}
+
+
+def test_detectability_is_contrast_times_root_area_over_the_structure_around_the_lesion() -> None:
+    """A 4 x 4 px lesion of +0.1 on a checkerboard of +-0.02 (structure a 1.5 px blur removes entirely):
+    d = 0.1 * sqrt(16) / 0.02 = 20; half the contrast halves d; a slice without a lesion has none (NaN)."""
+    checker = 0.02 * (-1.0) ** np.add.outer(np.arange(48), np.arange(48))
+    clean = np.stack([0.5 + checker] * 3)
+    x = clean.copy()
+    x[0, 20:24, 30:34] += 0.1
+    x[1, 20:24, 30:34] += 0.05
+    d = generalization.detectability(x, clean)
+    assert d[0] == pytest.approx(20.0, rel=0.02)
+    assert d[1] == pytest.approx(d[0] / 2, rel=1e-6)
+    assert np.isnan(d[2])
