@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,11 +367,11 @@ ROSE_RING_PX = 3  # the ring around a lesion's footprint where its surroundings 
 ROSE_BLUR_PX = 1.5  # the Gaussian blur (sigma, px) whose residual is the structure at the pixel scale
 
 
-def detectability(x: np.ndarray, clean: np.ndarray) -> np.ndarray:
+def detectability(x: Sequence[np.ndarray], clean: Sequence[np.ndarray]) -> np.ndarray:
     """Each slice's lesion detectability on its own pixel grid, Rose's index d = C * sqrt(A) / sigma.
 
-    ``x``, ``clean``: N x H x W normalised slices (the image and its lesion-free twin) on the grid in question
-    (the network's input, or the slice's own pixels). The footprint is where |x - clean| reaches half its peak
+    ``x``, ``clean``: N normalised H x W slices each (the images and their lesion-free twins; pairs share a
+    shape) on the grid in question (the network's input, or the slices' own pixels). The footprint is where |x - clean| reaches half its peak
     on the slice; C is the mean |x - clean| there, A its area in px, and sigma the standard deviation, in a
     ``ROSE_RING_PX`` ring around the footprint, of the clean slice minus its Gaussian blur (``ROSE_BLUR_PX``):
     the noise and edges a lesion must be told apart from at that pixel size. Returns N values >= 0 (NaN for a
@@ -440,7 +441,7 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     out["window"] = list(model.window) if model.window else None
     out["detectability"] = {  # median over the abnormal test slices
         "input": float(np.nanmedian(detectability(x[:, 0].numpy(), x_clean[:, 0].numpy()))),
-        "native": float(np.nanmedian([detectability(a[None], c[None])[0] for a, c in normed])),
+        "native": float(np.nanmedian(detectability([a for a, _ in normed], [c for _, c in normed]))),
     }
     with torch.no_grad():  # f on half-inpainted lesions: does f still call a half-removed lesion abnormal?
         half = torch.cat(
