@@ -20,9 +20,11 @@ lesion (completeness) and the fraction of COIN's change that lies inside the les
 split into lesions brighter and darker than their surroundings, how many COIN's mask finds and how many the
 classifier sees (calls the clean slice normal, and abnormal once only that lesion is put back into it); and how
 visible the lesions are at all, on the network's input grid and at the slice's own pixels (Rose's index,
-``detectability``).
+``detectability``); and how well the lesions' intensity alone tells abnormal slices from normal ones where the
+organ is known (``intensity_evidence``: the organ's normal anatomy may hold changes as large).
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
+    PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only   # data only, no training
 
 Finished steps are skipped on a rerun (delete a member's folder to redo it); ``--rescore`` evaluates and diagnoses
 the trained runs again, keeping their training times.
@@ -208,8 +210,9 @@ ANATOMIES = {"phantom": phantom_slices, "ct": ct_slices}
 
 
 def write_member(member: Member, folder: Path, n: int, seed: int) -> Path:
-    """Write the member's manifest, images, masks (and organs when ``member.organ``) and the lesion-free
-    ``clean/`` slices into ``folder`` (built as ``folder.tmp``, renamed at the end). Returns the manifest."""
+    """Write the member's manifest, images, masks, organs (in the manifest only when ``member.organ``; kept for
+    the diagnosis otherwise) and the lesion-free ``clean/`` slices into ``folder`` (built as ``folder.tmp``,
+    renamed at the end). Returns the manifest."""
     if (folder / "manifest.csv").exists():
         return folder / "manifest.csv"
     tmp = folder.with_name(folder.name + ".tmp")
@@ -227,8 +230,8 @@ def write_member(member: Member, folder: Path, n: int, seed: int) -> Path:
         np.save(tmp / "masks" / name, mask.astype(np.uint8))
         np.save(tmp / "clean" / name, hu.astype(np.float32))
         row = {"image": f"images/{name}", "label": label, "mask": f"masks/{name}", "split": split}
+        np.save(tmp / "organs" / name, organ.astype(np.uint8))
         if member.organ:
-            np.save(tmp / "organs" / name, organ.astype(np.uint8))
             row["organ"] = f"organs/{name}"
         rows.append(row)
     with (tmp / "manifest.csv").open("w", newline="") as handle:
@@ -391,6 +394,74 @@ def detectability(x: Sequence[np.ndarray], clean: Sequence[np.ndarray]) -> np.nd
     return out
 
 
+EVIDENCE_MIN_WEIGHT = 0.3  # organ pixels whose smoothing kernel lies at least this much inside the organ
+
+
+def organ_extremes(hu: np.ndarray, organ: np.ndarray, sigma: float) -> tuple[float, float]:
+    """The largest rise and the largest fall (HU) of ``hu`` (H x W) smoothed inside ``organ`` (H x W bool) with a
+    Gaussian of ``sigma`` px, against the organ's median. The smoothing is a normalised convolution (pixels
+    outside the organ do not count) kept where at least ``EVIDENCE_MIN_WEIGHT`` of the kernel lies in the organ:
+    what a detector sees that knows where the organ is and how large the lesions are. NaN, NaN for an organ
+    without such pixels."""
+    weight = ndimage.gaussian_filter(organ.astype(np.float32), sigma)
+    inner = organ & (weight >= EVIDENCE_MIN_WEIGHT)
+    if not inner.any():
+        return np.nan, np.nan
+    smooth = ndimage.gaussian_filter(np.where(organ, hu, 0).astype(np.float32), sigma)[inner] / weight[inner]
+    level = float(np.median(hu[organ]))
+    return float(smooth.max() - level), float(level - smooth.min())
+
+
+def intensity_evidence(
+    images: Sequence[np.ndarray], cleans: Sequence[np.ndarray], gts: Sequence[np.ndarray], organs: Sequence[np.ndarray]
+) -> dict[str, float | None]:
+    """How well the lesions' own intensity tells the slices that hold them from the slices without lesions, per
+    polarity: the AUROC of :func:`organ_extremes` (the rise for ``bright``, the fall for ``dark``; sigma half
+    the lesions' median equivalent radius, at least 0.5 px) between the slices with a lesion of that polarity
+    (a 4-connected component of a mask, by the sign of its mean image - clean) and the slices without lesions.
+
+    ``images``, ``cleans``: N H x W HU slices and their lesion-free twins; ``gts``, ``organs``: N H x W bool
+    masks (lesions, organ); slices with an empty organ are left out. Near 1: the lesions stand out from all of
+    the organ's normal anatomy; near 0.5: normal anatomy holds changes as large (a renal medulla, a sinus), so a
+    slice's label is weak evidence for a lesion of that kind. None for a polarity without slices (or no normal
+    slice)."""
+    from coinseg.evaluation.metrics import accuracy_auroc
+
+    components = [ndimage.label(g) for g in gts]
+    radii = [np.sqrt(np.bincount(lab.ravel())[1:] / np.pi) for lab, _ in components]
+    sigma = max(float(np.median(np.concatenate(radii))) / 2, 0.5) if any(r.size for r in radii) else 1.0
+    scores: dict[str, list[tuple[int, float]]] = {"bright": [], "dark": []}
+    for x, c, (lab, n), organ in zip(images, cleans, components, organs, strict=True):
+        if not organ.any():
+            continue
+        rise, fall = organ_extremes(x, organ, sigma)
+        kinds = {"bright" if (x - c)[lab == k].mean() > 0 else "dark" for k in range(1, n + 1)}
+        for kind, value in (("bright", rise), ("dark", fall)):
+            if n == 0 or kind in kinds:
+                scores[kind].append((int(n > 0), value))
+    out: dict[str, float | None] = {}
+    for kind, pairs in scores.items():
+        labels = np.array([y for y, v in pairs if np.isfinite(v)], dtype=int)
+        values = np.array([v for _, v in pairs if np.isfinite(v)])
+        out[kind] = accuracy_auroc(labels, values)[1] if labels.size else None
+    return out
+
+
+def member_evidence(folder: Path) -> dict[str, float | None] | None:
+    """:func:`intensity_evidence` on the test split of a member written by :func:`write_member` in ``folder``;
+    None for a member without organs on disk (written before they were kept for every member)."""
+    rows = [r for r in csv.DictReader((folder / "manifest.csv").open()) if r["split"] == "test"]
+    names = [Path(r["image"]).name for r in rows]
+    if not all((folder / "organs" / n).exists() for n in names):
+        return None
+    return intensity_evidence(
+        [np.load(folder / "images" / n) for n in names],
+        [np.load(folder / "clean" / n) for n in names],
+        [np.load(folder / "masks" / n) > 0 for n in names],
+        [np.load(folder / "organs" / n) > 0 for n in names],
+    )
+
+
 def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     """What limits the member, on its abnormal test slices: the oracle counterfactual (the clean slice through
     the run's window, network size and back) vs COIN's maps, IoU at 0.25 and at the best threshold, the edit's
@@ -439,6 +510,7 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     out["location"] = float(inside.sum() / max(total, 1e-9))
     out["lesion_contrast_in_map"] = float(np.median(oracle_inside))
     out["window"] = list(model.window) if model.window else None
+    out["evidence"] = member_evidence(root / "data")
     out["detectability"] = {  # median over the abnormal test slices
         "input": float(np.nanmedian(detectability(x[:, 0].numpy(), x_clean[:, 0].numpy()))),
         "native": float(np.nanmedian(detectability([a for a, _ in normed], [c for _, c in normed]))),
@@ -503,6 +575,11 @@ def p_value(value: float | None) -> str:
     return "–" if value is None else f"{value:.2g}" + (", at chance" if value >= CHANCE_SIGNIFICANCE else "")
 
 
+def evidence(values: dict[str, float | None] | None) -> str:
+    """``bright / dark`` AUROCs of :func:`intensity_evidence`, e.g. ``0.99 / 0.57`` (– where missing)."""
+    return "–" if not values else " / ".join(fmt(values.get(k), 2) for k in ("bright", "dark"))
+
+
 def lesion_counts(lesions: dict[str, dict[str, int]] | None) -> str:
     """``found / seen / n`` per polarity, e.g. ``53 / 70 / 80; 1 / 50 / 83`` (– for runs diagnosed before)."""
     if not lesions:
@@ -531,8 +608,8 @@ def table(results: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| member | window (HU) | median lesion change in map | oracle IoU 0.25 / best (thr) | oracle native-res IoU 0.25 / best | oracle organ-box crop IoU 0.25 / best | COIN IoU best (thr) | completeness | location | half-removed called normal | lesions found / seen by f / n: bright; dark | lesion detectability d: input / native |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| member | window (HU) | median lesion change in map | oracle IoU 0.25 / best (thr) | oracle native-res IoU 0.25 / best | oracle organ-box crop IoU 0.25 / best | COIN IoU best (thr) | completeness | location | half-removed called normal | lesions found / seen by f / n: bright; dark | lesion detectability d: input / native | intensity evidence AUROC: bright / dark |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r["diagnosis"]
@@ -544,7 +621,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {fmt(g.get('oracle_crop', {}).get('iou_025'))} / {fmt(g.get('oracle_crop', {}).get('iou_best'))} "
             f"| {c['iou_best']:.3f} ({c['best_threshold']:.2f}) | {g['completeness']:.2f} | {g['location']:.2f} "
             f"| {fmt(g.get('half_removed_called_normal'), 2)} | {lesion_counts(g.get('lesions'))} "
-            f"| {fmt(d.get('input'), 1)} / {fmt(d.get('native'), 1)} |"
+            f"| {fmt(d.get('input'), 1)} / {fmt(d.get('native'), 1)} | {evidence(g.get('evidence'))} |"
         )
     return "\n".join(lines)
 
@@ -568,6 +645,12 @@ def main() -> None:
     )
     parser.add_argument("--generate-only", action="store_true", help="write the members' data and stop")
     parser.add_argument(
+        "--evidence-only",
+        action="store_true",
+        help="write the members' data, print how well their lesions' intensity tells abnormal slices from normal "
+        "ones (intensity_evidence; no training) and stop",
+    )
+    parser.add_argument(
         "--rescore", action="store_true", help="evaluate and diagnose the trained runs again (after a change of masks)"
     )
     args = parser.parse_args()
@@ -578,8 +661,10 @@ def main() -> None:
     results = []
     for name in names:
         root = args.work / name
-        if args.generate_only:
-            print(write_member(BY_NAME[name], root / "data", args.n_slices, args.seed))
+        if args.generate_only or args.evidence_only:
+            manifest = write_member(BY_NAME[name], root / "data", args.n_slices, args.seed)
+            found = evidence(member_evidence(manifest.parent)) if args.evidence_only else None
+            print(manifest if found is None else f"{name}: intensity evidence AUROC bright / dark {found}")
             continue
         print(f"== {name}", flush=True)
         results.append(run_member(BY_NAME[name], root, args))

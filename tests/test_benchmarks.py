@@ -56,9 +56,10 @@ def test_the_table_shows_lesions_found_and_seen_per_polarity_and_their_detectabi
         "dark": {"n": 9, "found": 0, "seen": 4},
     }
     result["diagnosis"]["detectability"] = {"input": 1.74, "native": 6.91}
+    result["diagnosis"]["evidence"] = {"bright": 0.993, "dark": None}
     rows = generalization.table([result, _result(1e-9)]).splitlines()
-    assert rows[-2].endswith("| 5 / 7 / 8; 0 / 4 / 9 | 1.7 / 6.9 |")
-    assert rows[-1].endswith("| – | – / – |")  # a run diagnosed before the columns existed
+    assert rows[-2].endswith("| 5 / 7 / 8; 0 / 4 / 9 | 1.7 / 6.9 | 0.99 / – |")
+    assert rows[-1].endswith("| – | – / – | – |")  # a run diagnosed before the columns existed
 
 
 class _FakeModel:
@@ -113,3 +114,33 @@ def test_detectability_is_contrast_times_root_area_over_the_structure_around_the
     assert d[0] == pytest.approx(20.0, rel=0.02)
     assert d[1] == pytest.approx(d[0] / 2, rel=1e-6)
     assert np.isnan(d[2])
+
+
+def _organ_slices(mimic: float, dark_lesion: float) -> tuple[list, list, list, list]:
+    """4 normal, 4 bright (+40 HU) and 4 dark (-``dark_lesion`` HU) slices of a 100 HU disk organ, each with the
+    same normal structure of -``mimic`` HU 10 px above the lesions' place, and one slice with no organ."""
+    yy, xx = np.mgrid[:40, :40]
+    organ = (yy - 20) ** 2 + (xx - 20) ** 2 <= 14**2
+    clean = np.where(organ, 100.0, -100.0).astype(np.float32)
+    clean[10:15, 18:23] -= mimic
+    images, cleans, gts, organs = [], [], [], []
+    for change in [0.0] * 4 + [40.0] * 4 + [-dark_lesion] * 4:
+        x, gt = clean.copy(), np.zeros(clean.shape, bool)
+        if change:
+            x[24:29, 18:23] += change
+            gt[24:29, 18:23] = True
+        images.append(x), cleans.append(clean), gts.append(gt), organs.append(organ)
+    images.append(clean), cleans.append(clean), gts.append(np.zeros(clean.shape, bool))
+    organs.append(np.zeros(clean.shape, bool))  # no organ: left out
+    return images, cleans, gts, organs
+
+
+def test_intensity_evidence_falls_to_chance_where_normal_anatomy_holds_as_large_a_change() -> None:
+    """Bright lesions stand out from the organ (AUROC 1); dark lesions fainter than a dark normal structure in
+    every slice do not (every slice's largest fall is the structure's: tied, 0.5); without it they do (1)."""
+    with_mimic = generalization.intensity_evidence(*_organ_slices(mimic=60.0, dark_lesion=40.0))
+    assert with_mimic == {"bright": 1.0, "dark": 0.5}
+    without = generalization.intensity_evidence(*_organ_slices(mimic=0.0, dark_lesion=40.0))
+    assert without == {"bright": 1.0, "dark": 1.0}
+    images, cleans, gts, organs = _organ_slices(mimic=0.0, dark_lesion=40.0)
+    assert generalization.intensity_evidence(images[:8], cleans[:8], gts[:8], organs[:8])["dark"] is None
