@@ -397,12 +397,15 @@ def detectability(x: Sequence[np.ndarray], clean: Sequence[np.ndarray]) -> np.nd
 EVIDENCE_MIN_WEIGHT = 0.3  # organ pixels whose smoothing kernel lies at least this much inside the organ
 
 
-def organ_extremes(hu: np.ndarray, organ: np.ndarray, sigma: float) -> tuple[float, float]:
+def organ_extremes(hu: np.ndarray, organ: np.ndarray, sigma: float, rim_px: int = 0) -> tuple[float, float]:
     """The largest rise and the largest fall (HU) of ``hu`` (H x W) smoothed inside ``organ`` (H x W bool) with a
     Gaussian of ``sigma`` px, against the organ's median. The smoothing is a normalised convolution (pixels
     outside the organ do not count) kept where at least ``EVIDENCE_MIN_WEIGHT`` of the kernel lies in the organ:
-    what a detector sees that knows where the organ is and how large the lesions are. NaN, NaN for an organ
+    what a detector sees that knows where the organ is and how large the lesions are. ``rim_px`` > 0 first
+    removes the organ's outer ``rim_px`` pixels (its partial volume with the surroundings). NaN, NaN for an organ
     without such pixels."""
+    if rim_px:
+        organ = ndimage.binary_erosion(organ, iterations=rim_px)
     weight = ndimage.gaussian_filter(organ.astype(np.float32), sigma)
     inner = organ & (weight >= EVIDENCE_MIN_WEIGHT)
     if not inner.any():
@@ -413,7 +416,11 @@ def organ_extremes(hu: np.ndarray, organ: np.ndarray, sigma: float) -> tuple[flo
 
 
 def intensity_evidence(
-    images: Sequence[np.ndarray], cleans: Sequence[np.ndarray], gts: Sequence[np.ndarray], organs: Sequence[np.ndarray]
+    images: Sequence[np.ndarray],
+    cleans: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    organs: Sequence[np.ndarray],
+    rim_px: int = 0,
 ) -> dict[str, float | None]:
     """How well the lesions' own intensity tells the slices that hold them from the slices without lesions, per
     polarity: the AUROC of :func:`organ_extremes` (the rise for ``bright``, the fall for ``dark``; sigma half
@@ -421,8 +428,9 @@ def intensity_evidence(
     (a 4-connected component of a mask, by the sign of its mean image - clean) and the slices without lesions.
 
     ``images``, ``cleans``: N H x W HU slices and their lesion-free twins; ``gts``, ``organs``: N H x W bool
-    masks (lesions, organ); slices with an empty organ are left out. Near 1: the lesions stand out from all of
-    the organ's normal anatomy; near 0.5: normal anatomy holds changes as large (a renal medulla, a sinus), so a
+    masks (lesions, organ); slices with an empty organ are left out; ``rim_px`` as in :func:`organ_extremes`.
+    Near 1: the lesions stand out from all of the organ's normal appearance; near 0.5: normal slices hold
+    changes as large (tissue texture at the lesions' scale, partial volume at the organ's edge, a medulla), so a
     slice's label is weak evidence for a lesion of that kind. None for a polarity without slices (or no normal
     slice)."""
     from coinseg.evaluation.metrics import accuracy_auroc
@@ -434,7 +442,7 @@ def intensity_evidence(
     for x, c, (lab, n), organ in zip(images, cleans, components, organs, strict=True):
         if not organ.any():
             continue
-        rise, fall = organ_extremes(x, organ, sigma)
+        rise, fall = organ_extremes(x, organ, sigma, rim_px)
         kinds = {"bright" if (x - c)[lab == k].mean() > 0 else "dark" for k in range(1, n + 1)}
         for kind, value in (("bright", rise), ("dark", fall)):
             if n == 0 or kind in kinds:
@@ -447,7 +455,7 @@ def intensity_evidence(
     return out
 
 
-def member_evidence(folder: Path) -> dict[str, float | None] | None:
+def member_evidence(folder: Path, rim_px: int = 0) -> dict[str, float | None] | None:
     """:func:`intensity_evidence` on the test split of a member written by :func:`write_member` in ``folder``;
     None for a member without organs on disk (written before they were kept for every member)."""
     rows = [r for r in csv.DictReader((folder / "manifest.csv").open()) if r["split"] == "test"]
@@ -459,6 +467,7 @@ def member_evidence(folder: Path) -> dict[str, float | None] | None:
         [np.load(folder / "clean" / n) for n in names],
         [np.load(folder / "masks" / n) > 0 for n in names],
         [np.load(folder / "organs" / n) > 0 for n in names],
+        rim_px,
     )
 
 
@@ -651,6 +660,9 @@ def main() -> None:
         "ones (intensity_evidence; no training) and stop",
     )
     parser.add_argument(
+        "--evidence-rim", type=int, default=0, help="with --evidence-only: leave out the organ's outer N px"
+    )
+    parser.add_argument(
         "--rescore", action="store_true", help="evaluate and diagnose the trained runs again (after a change of masks)"
     )
     args = parser.parse_args()
@@ -663,7 +675,7 @@ def main() -> None:
         root = args.work / name
         if args.generate_only or args.evidence_only:
             manifest = write_member(BY_NAME[name], root / "data", args.n_slices, args.seed)
-            found = evidence(member_evidence(manifest.parent)) if args.evidence_only else None
+            found = evidence(member_evidence(manifest.parent, args.evidence_rim)) if args.evidence_only else None
             print(manifest if found is None else f"{name}: intensity evidence AUROC bright / dark {found}")
             continue
         print(f"== {name}", flush=True)

@@ -116,19 +116,23 @@ def test_detectability_is_contrast_times_root_area_over_the_structure_around_the
     assert np.isnan(d[2])
 
 
-def _organ_slices(mimic: float, dark_lesion: float) -> tuple[list, list, list, list]:
-    """4 normal, 4 bright (+40 HU) and 4 dark (-``dark_lesion`` HU) slices of a 100 HU disk organ, each with the
-    same normal structure of -``mimic`` HU 10 px above the lesions' place, and one slice with no organ."""
-    yy, xx = np.mgrid[:40, :40]
-    organ = (yy - 20) ** 2 + (xx - 20) ** 2 <= 14**2
+def _organ_slices(mimic: float, rim: float = 0.0) -> tuple[list, list, list, list]:
+    """4 normal, 4 bright (+40 HU) and 4 dark (-40 HU) slices of a 100 HU disk organ, each with the same normal
+    structure of -``mimic`` HU 12 px above the lesions' place and its outer 2 px ``rim`` HU darker (partial
+    volume), and one slice with no organ."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[:48, :48]
+    organ = (yy - 24) ** 2 + (xx - 24) ** 2 <= 18**2
     clean = np.where(organ, 100.0, -100.0).astype(np.float32)
-    clean[10:15, 18:23] -= mimic
+    clean[10:15, 22:27] -= mimic
+    clean[organ & ~ndimage.binary_erosion(organ, iterations=2)] -= rim
     images, cleans, gts, organs = [], [], [], []
-    for change in [0.0] * 4 + [40.0] * 4 + [-dark_lesion] * 4:
+    for change in [0.0] * 4 + [40.0] * 4 + [-40.0] * 4:
         x, gt = clean.copy(), np.zeros(clean.shape, bool)
         if change:
-            x[24:29, 18:23] += change
-            gt[24:29, 18:23] = True
+            x[26:31, 22:27] += change
+            gt[26:31, 22:27] = True
         images.append(x), cleans.append(clean), gts.append(gt), organs.append(organ)
     images.append(clean), cleans.append(clean), gts.append(np.zeros(clean.shape, bool))
     organs.append(np.zeros(clean.shape, bool))  # no organ: left out
@@ -138,9 +142,14 @@ def _organ_slices(mimic: float, dark_lesion: float) -> tuple[list, list, list, l
 def test_intensity_evidence_falls_to_chance_where_normal_anatomy_holds_as_large_a_change() -> None:
     """Bright lesions stand out from the organ (AUROC 1); dark lesions fainter than a dark normal structure in
     every slice do not (every slice's largest fall is the structure's: tied, 0.5); without it they do (1)."""
-    with_mimic = generalization.intensity_evidence(*_organ_slices(mimic=60.0, dark_lesion=40.0))
-    assert with_mimic == {"bright": 1.0, "dark": 0.5}
-    without = generalization.intensity_evidence(*_organ_slices(mimic=0.0, dark_lesion=40.0))
-    assert without == {"bright": 1.0, "dark": 1.0}
-    images, cleans, gts, organs = _organ_slices(mimic=0.0, dark_lesion=40.0)
+    assert generalization.intensity_evidence(*_organ_slices(mimic=60.0)) == {"bright": 1.0, "dark": 0.5}
+    assert generalization.intensity_evidence(*_organ_slices(mimic=0.0)) == {"bright": 1.0, "dark": 1.0}
+    images, cleans, gts, organs = _organ_slices(mimic=0.0)
     assert generalization.intensity_evidence(images[:8], cleans[:8], gts[:8], organs[:8])["dark"] is None
+
+
+def test_intensity_evidence_can_leave_out_the_organs_darker_rim() -> None:
+    """A 2 px rim 100 HU darker in every slice outweighs the dark lesions (0.5); without the rim they stand out."""
+    slices = _organ_slices(mimic=0.0, rim=100.0)
+    assert generalization.intensity_evidence(*slices)["dark"] == 0.5
+    assert generalization.intensity_evidence(*slices, rim_px=2)["dark"] == 1.0

@@ -312,8 +312,8 @@ def chance_warning(
         f"{n_normal} normal slices). COIN removes what the classifier sees, so its masks will be "
         "empty or wrong. Lesions too small or too faint at data.size px are the usual cause: an organ column (the "
         "networks then see the organ, cropped) or a larger data.size (classifier.stem_stride 2 keeps its cost) "
-        "enlarges them; lesions no darker or brighter than the organ's normal structures (a renal medulla) "
-        "may stay unseen even at their own pixels (benchmarks/RESULTS.md, Generalization suite)"
+        "enlarges them; lesions no darker or brighter than patches of the organ's normal texture may stay "
+        "unseen even at their own pixels (benchmarks/RESULTS.md, Generalization suite)"
     )
 
 
