@@ -25,6 +25,7 @@ organ is known (``intensity_evidence``: the organ's normal anatomy may hold chan
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
     PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only   # data only, no training
+    PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only --evidence-rim 2   # organ's rim left out
 
 Finished steps are skipped on a rerun (delete a member's folder to redo it); ``--rescore`` evaluates and diagnoses
 the trained runs again, keeping their training times.
@@ -374,10 +375,10 @@ def detectability(x: Sequence[np.ndarray], clean: Sequence[np.ndarray]) -> np.nd
     """Each slice's lesion detectability on its own pixel grid, Rose's index d = C * sqrt(A) / sigma.
 
     ``x``, ``clean``: N normalised H x W slices each (the images and their lesion-free twins; pairs share a
-    shape) on the grid in question (the network's input, or the slices' own pixels). The footprint is where |x - clean| reaches half its peak
-    on the slice; C is the mean |x - clean| there, A its area in px, and sigma the standard deviation, in a
-    ``ROSE_RING_PX`` ring around the footprint, of the clean slice minus its Gaussian blur (``ROSE_BLUR_PX``):
-    the noise and edges a lesion must be told apart from at that pixel size. Returns N values >= 0 (NaN for a
+    shape) on the grid in question (the network's input, or the slices' own pixels). The footprint is where
+    |x - clean| reaches half its peak on the slice; C is the mean |x - clean| there, A its area in px, and sigma
+    the standard deviation, in a ``ROSE_RING_PX`` ring around the footprint, of the clean slice minus its
+    Gaussian blur (``ROSE_BLUR_PX``): the noise and edges a lesion must be told apart from at that pixel size. Returns N values >= 0 (NaN for a
     slice without a lesion, inf where the surroundings are perfectly flat); Rose's criterion puts visibility
     at about d = 3-5.
     """
@@ -392,6 +393,12 @@ def detectability(x: Sequence[np.ndarray], clean: Sequence[np.ndarray]) -> np.nd
         signal = change[footprint].mean() * np.sqrt(footprint.sum())
         out[i] = signal / structure if structure > 0 else np.inf
     return out
+
+
+def change_polarity(x: np.ndarray, clean: np.ndarray, lesion: np.ndarray) -> str:
+    """``bright`` or ``dark``: the sign of the mean of ``x`` - ``clean`` (H x W slice and its lesion-free twin)
+    inside ``lesion`` (H x W bool)."""
+    return "bright" if float((x - clean)[lesion].mean()) > 0 else "dark"
 
 
 EVIDENCE_MIN_WEIGHT = 0.3  # organ pixels whose smoothing kernel lies at least this much inside the organ
@@ -443,7 +450,7 @@ def intensity_evidence(
         if not organ.any():
             continue
         rise, fall = organ_extremes(x, organ, sigma, rim_px)
-        kinds = {"bright" if (x - c)[lab == k].mean() > 0 else "dark" for k in range(1, n + 1)}
+        kinds = {change_polarity(x, c, lab == k) for k in range(1, n + 1)}
         for kind, value in (("bright", rise), ("dark", fall)):
             if n == 0 or kind in kinds:
                 scores[kind].append((int(n > 0), value))
@@ -558,8 +565,7 @@ def lesions_found(
             edge = grown == grown[lesion].max()
             singles.append(np.where(edge, a, c))
             owners.append(i)
-            polarity = "bright" if float((a - c)[lesion].mean()) > 0 else "dark"
-            rows.append((polarity, bool(masks[i][lesion].mean() >= 0.1)))
+            rows.append((change_polarity(a, c, lesion), bool(masks[i][lesion].mean() >= 0.1)))
     single_organs = None if organs is None else [organs[i] for i in owners]
     clean_normal = model.run(cleans, organs=organs)[0] <= 0.5
     seen = np.zeros(0, bool)
@@ -670,13 +676,20 @@ def main() -> None:
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         parser.error(f"--members: unknown {unknown[0]!r}; choose from {', '.join(BY_NAME)}")
+    if args.evidence_rim < 0:
+        parser.error(f"--evidence-rim: must be >= 0 px, got {args.evidence_rim}")
+    if args.evidence_rim and not args.evidence_only:
+        parser.error("--evidence-rim: only with --evidence-only (the diagnosis table uses the whole organ)")
     results = []
     for name in names:
         root = args.work / name
         if args.generate_only or args.evidence_only:
             manifest = write_member(BY_NAME[name], root / "data", args.n_slices, args.seed)
-            found = evidence(member_evidence(manifest.parent, args.evidence_rim)) if args.evidence_only else None
-            print(manifest if found is None else f"{name}: intensity evidence AUROC bright / dark {found}")
+            if args.evidence_only:
+                found = evidence(member_evidence(manifest.parent, args.evidence_rim))
+                print(f"{name}: intensity evidence AUROC bright / dark {found}")
+            else:
+                print(manifest)
             continue
         print(f"== {name}", flush=True)
         results.append(run_member(BY_NAME[name], root, args))
