@@ -40,6 +40,7 @@ def test_paper_profile_is_the_paper_recipe() -> None:
     assert paper.gan.gen_every == 5 and paper.gan.batch_size == 16
     assert paper.gan.lambda_kl == 5.0 and paper.gan.lambda_tv == 0.05 and paper.gan.lambda_minc == 0.0
     assert paper.gan.kl_edit_scale == 1.0  # the classifier term scores x_cf itself
+    assert paper.gan.hflip == 0.0 and not paper.gan.mirror_maps  # no augmentation, one counterfactual per slice
 
 
 def test_edit_scale_outside_unit_interval_is_refused() -> None:
@@ -73,6 +74,8 @@ def test_singla_is_a_setting_of_the_same_gan() -> None:
         ({"classifier": {"lr": 0}}, "classifier.lr: 0.0 must be > 0"),
         ({"gan": {"lr_d": -1e-4}}, "gan.lr_d: -0.0001 must be > 0"),
         ({"classifier": {"hflip": 1.5}}, "classifier.hflip: 1.5 must be in [0, 1]"),
+        ({"gan": {"hflip": -0.5}}, "gan.hflip: -0.5 must be in [0, 1]"),
+        ({"gan": {"mirror_maps": "yes"}}, "gan.mirror_maps: 'yes' is not true or false"),
         ({"gan": {"betas": [0.5]}}, "gan.betas: [0.5] must be a list of 2 numbers"),
         ({"gan": {"betas": [0.5, 1.0]}}, "gan.betas[1]: 1.0 must be in [0, 1)"),
         ({"gan": {"ema": 1.0}}, "gan.ema: 1.0 must be in [0, 1)"),

@@ -224,6 +224,12 @@ class GanConfig:
     # already calls a lesion normal when about half of it is removed, so with s = 1 a half-done inpainting
     # satisfies it; s = 0.5 asks that half the edit flips f, i.e. that the whole lesion is removed.
     kl_edit_scale: float = 0.5
+    # Left-right mirroring (opt-in, being measured: benchmarks/RESULTS.md, *Mirrored slices for the GAN*):
+    # ``hflip`` is the chance that a training slice is mirrored (0 = the paper, no augmentation); ``mirror_maps``
+    # makes every counterfactual (inference, validation and the threshold calibration) the mean of the slice's
+    # and its mirror's, mirrored back.
+    hflip: float = 0.0
+    mirror_maps: bool = False
     batch_size: int = 16
     gen_every: int = 1
     max_steps: int = 600
@@ -482,6 +488,7 @@ def check_settings(settings: Settings) -> Settings:
         _within(f"gan.betas[{i}]", beta, 0.0, 1.0, open_high=True)
     _within("gan.ema", gan.ema, 0.0, 1.0, open_high=True)
     _within("gan.kl_edit_scale", gan.kl_edit_scale, 0.0, 1.0, open_low=True)
+    _within("gan.hflip", gan.hflip, 0.0, 1.0)
     for key in ("batch_size", "gen_every", "max_steps", "val_every", "sample_every", "log_every"):
         _at_least(f"gan.{key}", getattr(gan, key), 1)
     # the size the networks can take

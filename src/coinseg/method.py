@@ -52,6 +52,21 @@ def conditions(p: Tensor, cfg: GanConfig) -> tuple[Tensor, Tensor, Tensor]:
     return b, c, t
 
 
+def counterfactual(inpainter: nn.Module, x: Tensor, c: Tensor, mirror: bool) -> Tensor:
+    """x_cf = I(x, c) for a batch x (B x 1 x H x W in [-1, 1]) and conditions c (B), same shape and range; with
+    ``mirror`` (``gan.mirror_maps``) the mean of I(x, c) and I(x mirrored left-right, c) mirrored back, so a
+    change the GAN makes only in one orientation is halved."""
+    x_cf = inpainter(x, c)
+    if mirror:
+        x_cf = (x_cf + inpainter(x.flip(-1), c).flip(-1)) / 2
+    return x_cf
+
+
+def mirror_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """x (B x C x H x W) with the rows where ``rows`` (B bool) is True mirrored left-right."""
+    return torch.where(rows.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
 def scaled_edit(x: Tensor, x_cf: Tensor, scale: float) -> Tensor:
     """x + scale (x_cf - x): the counterfactual edit applied at strength ``scale`` in (0, 1] (a convex blend of two
     B x 1 x H x W images in [-1, 1], so it stays in range); what the classifier term scores."""

@@ -251,7 +251,9 @@ def load_predictor(
         )
     classifier, _ = load_classifier(run_dir, run_dir / "checkpoints" / "classifier.pt")
     classifier = classifier.to(target)
-    maps = CounterfactualMaps(ckpt["method"], inpainter.to(target), settings.gan, classifier)
+    # mirrored maps only for runs calibrated with them (runs trained before the setting have no record of it)
+    mirror = bool(ckpt.get("mirror_maps"))
+    maps = CounterfactualMaps(ckpt["method"], inpainter.to(target), settings.gan, classifier, mirror)
     window = tuple(ckpt["window"]) if ckpt["window"] else None
     crop = OrganCrop.from_json(ckpt.get("crop"))
     return Predictor(

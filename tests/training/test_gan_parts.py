@@ -168,3 +168,52 @@ def test_discriminator_step_size_defaults_to_the_generators(
     trainer = GanTrainer.from_settings(tiny, classifier, make_fabric("cpu", tiny.precision))
     assert [g["lr"] for g in trainer.opt_g.param_groups] == [5e-4]
     assert [g["lr"] for g in trainer.opt_d.param_groups] == [expected]
+
+
+def test_a_mirrored_counterfactual_halves_a_change_made_in_one_orientation_only() -> None:
+    """An inpainter that brightens column 0 of whatever it is given: with the mirror the change is split between
+    column 0 (the slice) and the last column (the mirror's column 0, mirrored back), half each."""
+    from coinseg.method import counterfactual
+
+    def brighten_left(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        out[..., 0] += 0.8
+        return out
+
+    x = torch.full((2, 1, 3, 4), -1.0)
+    c = torch.zeros(2, dtype=torch.long)
+    plain = counterfactual(brighten_left, x, c, mirror=False)
+    assert torch.allclose(plain[..., 0], torch.full((2, 1, 3), -0.2)) and torch.equal(plain[..., 1:], x[..., 1:])
+    mirrored = counterfactual(brighten_left, x, c, mirror=True)
+    assert torch.allclose(mirrored[..., 0], torch.full((2, 1, 3), -0.6))
+    assert torch.allclose(mirrored[..., -1], torch.full((2, 1, 3), -0.6))
+    assert torch.equal(mirrored[..., 1:-1], x[..., 1:-1])
+
+
+def test_mirror_rows_mirrors_only_the_chosen_slices() -> None:
+    from coinseg.method import mirror_rows
+
+    x = torch.arange(3 * 2 * 3, dtype=torch.float32).reshape(3, 1, 2, 3)
+    out = mirror_rows(x, torch.tensor([True, False, True]))
+    assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1]) and torch.equal(out[2], x[2].flip(-1))
+
+
+def test_maps_are_mirrored_only_for_runs_calibrated_with_mirrored_maps(
+    coin_run: Path, tiny: Settings, tmp_path: Path
+) -> None:
+    """The GAN's checkpoint records `gan.mirror_maps` (its floor was calibrated on such maps) and the predictor
+    follows the record; a checkpoint without it (trained before the setting) keeps its single counterfactual."""
+    import shutil
+
+    from coinseg.predictor import load_predictor
+    from coinseg.runtime.checkpoint import load_checkpoint
+
+    assert tiny.gan.mirror_maps
+    assert load_checkpoint(coin_run / "checkpoints" / "best.pt")["mirror_maps"] is True
+    assert load_predictor(coin_run, "cpu").maps.mirror
+    old = tmp_path / "old"
+    shutil.copytree(coin_run, old)
+    ckpt = torch.load(old / "checkpoints" / "best.pt", weights_only=False)
+    del ckpt["mirror_maps"]
+    torch.save(ckpt, old / "checkpoints" / "best.pt")
+    assert not load_predictor(old, "cpu").maps.mirror

@@ -42,7 +42,16 @@ from coinseg.evaluation.metrics import (
     flip_rate,
 )
 from coinseg.io.files import atomic_file
-from coinseg.method import build_inpainter, conditions, load_classifier, prob, probs, scaled_edit
+from coinseg.method import (
+    build_inpainter,
+    conditions,
+    counterfactual,
+    load_classifier,
+    mirror_rows,
+    prob,
+    probs,
+    scaled_edit,
+)
 from coinseg.models import build_discriminator
 from coinseg.reporting.figures import progress_plot, sample_grid
 from coinseg.runtime.device import make_fabric
@@ -214,7 +223,7 @@ class GanTrainer:
             x = images[i : i + batch].to(self.fabric.device)
             with self.fabric.autocast():
                 p = self._prob(x)
-                outs.append(model(x, conditions(p, self.cfg)[1]).float().cpu())
+                outs.append(counterfactual(model, x, conditions(p, self.cfg)[1], self.cfg.mirror_maps).float().cpu())
             probs.append(p.cpu())
         if model is not self.ema:
             model.train()
@@ -297,12 +306,18 @@ class GanHooks:
     device), validation on ``data.val``, ``best.pt`` with the inference weights and the auto threshold, sample
     grids of ``preview`` under ``out/samples`` (``out`` None: no samples)."""
 
-    def __init__(self, trainer: GanTrainer, data: Any, out: Path | None) -> None:
-        self.trainer, self.data, self.out = trainer, data, out
+    def __init__(self, trainer: GanTrainer, data: Any, out: Path | None, order: DataOrder) -> None:
+        self.trainer, self.data, self.out, self.order = trainer, data, out, order
         self.preview = data.val.images[torch.argsort(-data.val.labels, stable=True)[:8]]
 
     def train_step(self, step: int, idx: Tensor) -> None:
-        self.trainer.step(self.data.train.images[idx].to(self.trainer.fabric.device, non_blocking=True), step)
+        x = self.data.train.images[idx]
+        hflip = self.trainer.cfg.hflip
+        if hflip:  # drawn for the whole global batch (as one process would), applied to this rank's rows
+            x = mirror_rows(
+                x, self.order.shard(torch.rand(self.order.batch_size, generator=self.order.generator) < hflip)
+            )
+        self.trainer.step(x.to(self.trainer.fabric.device, non_blocking=True), step)
 
     def read_losses(self) -> dict[str, float]:
         return self.trainer.read_losses()
@@ -434,7 +449,7 @@ def _train(
         if warning:
             run.log(warning)
     order = DataOrder(len(data.train), cfg.batch_size, settings.seed, fabric.global_rank, fabric.world_size)
-    hooks = GanHooks(trainer, data, out)
+    hooks = GanHooks(trainer, data, out, order)
     last = out / "checkpoints" / "last.pt"
     start, best = resume_from(fabric, hooks, order, last, run, "best_score") if resume else (0, None)
     record = {
@@ -445,6 +460,7 @@ def _train(
         "window_from": data.window_from,
         "crop": data.crop.to_json() if data.crop else None,
         "organ_only": data.organ_only,
+        "mirror_maps": cfg.mirror_maps,
         "intensity": data.intensity,
         "classifier_check": check,
         "settings": settings_to_dict(settings),
