@@ -33,8 +33,6 @@ TINY = {
         "disc_widths": [4, 8, 16],
         "disc_down": [2, 2, 2],
         "skips": [1, 2],
-        "hflip": 0.5,  # the mirrored-slices code path in every GAN test
-        "mirror_maps": True,
     },
 }
 

@@ -1,6 +1,7 @@
 """The counterfactual GAN trainer: owns both optimisers and the G/D step (COIN, or Singla et al.* as a setting).
 
-Per step, with the frozen classifier f (eval mode, no parameter grads; gradients flow *through* it to G):
+Per step, on slices mirrored left-right with chance ``hflip`` (drawn from the data order's generator), with the
+frozen classifier f (eval mode, no parameter grads; gradients flow *through* it to G):
   p = f(x), b = 1[p >= 0.5]; condition c = 0 (single, COIN) or 1[1 - p >= 0.5] (dual, Singla);
   KL target t = 1e-6 where b = 1 else p (single) or 1 - p (dual).
   Every ``gen_every``-th step, E+G are updated with
@@ -12,7 +13,8 @@ Per step, with the frozen classifier f (eval mode, no parameter grads; gradients
   sample; its spectral-norm power iteration then runs once per D step, and under DDP its buffers are broadcast
   once). In the G step D (parameters frozen) and the classifier are called unwrapped, outside DDP.
 No host-device synchronisation inside the step: losses are accumulated on the device and read every
-``log_every`` steps.
+``log_every`` steps. Validation, ``best.pt``'s thresholds and inference use x_cf averaged with the mirror's when
+``mirror_maps`` is set (:func:`coinseg.method.counterfactual`).
 """
 
 from __future__ import annotations
