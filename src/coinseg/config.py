@@ -227,8 +227,9 @@ class GanConfig:
     # Left-right mirroring: ``hflip`` is the chance that a training slice is mirrored (0 = the paper, no
     # augmentation); ``mirror_maps`` makes every counterfactual (inference, validation and the threshold
     # calibration) the mean of the slice's and its mirror's, mirrored back, so a change the GAN makes in one
-    # orientation only is halved. Together they lifted the phantoms and held the real CT; the mean without the
-    # training on mirrored slices cost the real CT one seed (benchmarks/RESULTS.md, *Mirrored slices for the GAN*).
+    # orientation only is halved. Together they lifted the built-in phantom and the whole-body-window member and
+    # left the real CT within its seeds' spread; the mean without the training on mirrored slices cost the real CT
+    # one seed (benchmarks/RESULTS.md, *Mirrored slices for the GAN*).
     hflip: float = 0.5
     mirror_maps: bool = True
     batch_size: int = 16
