@@ -25,7 +25,7 @@ organ is known (``intensity_evidence``: the organ's normal anatomy may hold chan
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
     PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only   # data only, no training
-    PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only --evidence-rim 2   # organ's rim left out
+    PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only --evidence-rim 2  # minus the rim
 
 Finished steps are skipped on a rerun (delete a member's folder to redo it); ``--rescore`` evaluates and diagnoses
 the trained runs again, keeping their training times.
@@ -378,9 +378,9 @@ def detectability(x: Sequence[np.ndarray], clean: Sequence[np.ndarray]) -> np.nd
     shape) on the grid in question (the network's input, or the slices' own pixels). The footprint is where
     |x - clean| reaches half its peak on the slice; C is the mean |x - clean| there, A its area in px, and sigma
     the standard deviation, in a ``ROSE_RING_PX`` ring around the footprint, of the clean slice minus its
-    Gaussian blur (``ROSE_BLUR_PX``): the noise and edges a lesion must be told apart from at that pixel size. Returns N values >= 0 (NaN for a
-    slice without a lesion, inf where the surroundings are perfectly flat); Rose's criterion puts visibility
-    at about d = 3-5.
+    Gaussian blur (``ROSE_BLUR_PX``): the noise and edges a lesion must be told apart from at that pixel size.
+    Returns N values >= 0 (NaN for a slice without a lesion, inf where the surroundings are perfectly flat);
+    Rose's criterion puts visibility at about d = 3-5.
     """
     out = np.full(len(x), np.nan)
     for i, (a, c) in enumerate(zip(x, clean, strict=True)):
