@@ -24,11 +24,14 @@ visible the lesions are at all, on the network's input grid and at the slice's o
 organ is known (``intensity_evidence``: the organ's normal anatomy may hold changes as large).
 
     PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney,phantom-dark-subtle --work /tmp/gen
+    PYTHONPATH=src python benchmarks/generalization.py --members ct-kidney --work /tmp/gen --seeds 0,1,2  # 3 seeds
     PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only   # data only, no training
     PYTHONPATH=src python benchmarks/generalization.py --work /tmp/gen --evidence-only --evidence-rim 2  # minus the rim
 
 Finished steps are skipped on a rerun (delete a member's folder to redo it); ``--rescore`` evaluates and diagnoses
-the trained runs again, keeping their training times.
+the trained runs again, keeping their training times. ``--seeds`` trains every member again with each training
+seed (the data stay the same, drawn from ``--seed``) and ends with a summary over the seeds: one seed's pooled IoU
+has moved by as much as 0.27 between two seeds of a member (`benchmarks/RESULTS.md`).
 """
 
 from __future__ import annotations
@@ -262,43 +265,61 @@ def coinseg(args: list[str], log: Path, nice: int, threads: int | None) -> float
     return time.perf_counter() - tic
 
 
-def run_member(member: Member, root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Generate, train, evaluate and diagnose one member; results cached in ``root/result.json``."""
-    result_file = root / "result.json"
+def run_folder(root: Path, seed: int) -> Path:
+    """Where a member's runs with training seed ``seed`` live: ``root`` itself for seed 0 (the layout of the
+    tables in ``benchmarks/RESULTS.md``), ``root/seed-N`` otherwise; the data are shared in ``root/data``."""
+    return root if seed == 0 else root / f"seed-{seed}"
+
+
+def run_settings(folder: Path, seed: int, clf_steps: int | None) -> list[str]:
+    """``--config`` arguments for a run with training seed ``seed`` and ``clf_steps`` classifier steps: none for
+    the quick profile as it is (seed 0, the profile's steps), else a YAML of those two changes written to
+    ``folder/settings.yaml``."""
+    if seed == 0 and clf_steps is None:
+        return []
+    import yaml
+
+    settings: dict[str, Any] = {"profile": "quick", "seed": seed}
+    if clf_steps is not None:
+        settings["classifier"] = {"max_steps": clf_steps}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    return ["--config", str(folder / "settings.yaml")]
+
+
+def run_member(member: Member, root: Path, args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
+    """Generate, train, evaluate and diagnose one member with training seed ``seed``; results cached in
+    ``result.json`` of the run's folder (:func:`run_folder`)."""
+    run = run_folder(root, seed)
+    result_file = run / "result.json"
     previous = json.loads(result_file.read_text()) if result_file.exists() else None
     if previous is not None and not args.rescore:
-        return dict(previous)
-    root.mkdir(parents=True, exist_ok=True)
-    log = root / "log.txt"
+        return {"seed": seed, **previous}
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "log.txt"
     tic = time.perf_counter()
     manifest = write_member(member, root / "data", args.n_slices, args.seed)
     seconds = {"data": time.perf_counter() - tic}
     if previous is not None:  # --rescore: the trained runs are kept, with the seconds their training took
         seconds = {k: v for k, v in previous["seconds"].items() if not k.startswith("eval")}
         for tag in ("default", "auto"):
-            shutil.rmtree(root / f"eval-{tag}", ignore_errors=True)
+            shutil.rmtree(run / f"eval-{tag}", ignore_errors=True)
     cpu = ["--device", "cpu"]
-    if not (root / "clf" / "test_metrics.json").exists():
-        clf_args = ["train-classifier", str(manifest), "--out", str(root / "clf"), *cpu]
-        if args.clf_steps is not None:  # the quick profile with only the number of steps changed
-            from coinseg.config import profile_settings, save_settings
-
-            settings = profile_settings("quick")
-            settings.classifier.max_steps = args.clf_steps
-            save_settings(settings, root / "classifier.yaml")
-            clf_args += ["--config", str(root / "classifier.yaml")]
+    config = run_settings(run, seed, args.clf_steps)
+    if not (run / "clf" / "test_metrics.json").exists():
+        clf_args = ["train-classifier", str(manifest), "--out", str(run / "clf"), *cpu, *config]
         clf_args += ["--max-minutes", str(args.clf_minutes)]
         seconds["classifier"] = coinseg(clf_args, log, args.nice, args.threads)
-    if not (root / "gan" / "checkpoints" / "best.pt").exists():
-        gan_args = ["train", str(manifest), "--classifier", str(root / "clf"), "--out", str(root / "gan"), *cpu]
+    if not (run / "gan" / "checkpoints" / "best.pt").exists():
+        gan_args = ["train", str(manifest), "--classifier", str(run / "clf"), "--out", str(run / "gan"), *cpu, *config]
         gan_args += ["--max-steps", str(args.gan_steps)] if args.gan_steps is not None else []
         seconds["gan"] = coinseg([*gan_args, "--max-minutes", str(args.gan_minutes)], log, args.nice, args.threads)
     metrics = {}
     for tag, extra in (("default", []), ("auto", ["--threshold", "auto"])):
-        out = root / f"eval-{tag}"
+        out = run / f"eval-{tag}"
         if not (out / "metrics.json").exists():
             seconds[f"eval-{tag}"] = coinseg(
-                ["evaluate", str(root / "gan"), str(manifest), "--out", str(out), *cpu, *extra],
+                ["evaluate", str(run / "gan"), str(manifest), "--out", str(out), *cpu, *extra],
                 log,
                 args.nice,
                 args.threads,
@@ -306,16 +327,17 @@ def run_member(member: Member, root: Path, args: argparse.Namespace) -> dict[str
         metrics[tag] = json.loads((out / "metrics.json").read_text())
     result = {
         "member": member.name,
+        "seed": seed,
         "classifier_auroc": metrics["default"]["classifier"]["auroc"],
         # the chance check's p-value on the validation split (None for classifiers trained before it was recorded)
-        "classifier_val_p": json.loads((root / "clf" / "test_metrics.json").read_text())["val"].get("auroc_p"),
+        "classifier_val_p": json.loads((run / "clf" / "test_metrics.json").read_text())["val"].get("auroc_p"),
         "default": metrics["default"]["methods"]["coin"],
         "auto": metrics["auto"]["methods"]["coin"],
         "n_abnormal": metrics["default"]["n_abnormal"],
         "n_normal": metrics["default"]["n_normal"],
         "seconds": seconds,
-        "steps": {k: json.loads((root / k / "run.json").read_text())["steps"] for k in ("clf", "gan")},
-        "diagnosis": diagnose(root, manifest),
+        "steps": {k: json.loads((run / k / "run.json").read_text())["steps"] for k in ("clf", "gan")},
+        "diagnosis": diagnose(run, manifest),
     }
     result_file.write_text(json.dumps(result, indent=2))
     return result
@@ -478,10 +500,11 @@ def member_evidence(folder: Path, rim_px: int = 0) -> dict[str, float | None] | 
     )
 
 
-def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
-    """What limits the member, on its abnormal test slices: the oracle counterfactual (the clean slice through
-    the run's window, network size and back) vs COIN's maps, IoU at 0.25 and at the best threshold, the edit's
-    completeness and location."""
+def diagnose(run: Path, manifest: Path) -> dict[str, Any]:
+    """What limits the member's run ``run`` (its ``gan`` folder) on the abnormal test slices of ``manifest``
+    (written by :func:`write_member`, with ``clean/`` beside it): the oracle counterfactual (the clean slice
+    through the run's window, network size and back) vs COIN's maps, IoU at 0.25 and at the best threshold, the
+    edit's completeness and location."""
     import torch
 
     from coinseg.data.manifest import read_manifest
@@ -490,11 +513,11 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     from coinseg.evaluation.metrics import difference_map
     from coinseg.predictor import load_predictor
 
-    model = load_predictor(root / "gan", "cpu")
+    model = load_predictor(run / "gan", "cpu")
     every = read_manifest(manifest)
     entries = [e for e in every if e.split == "test" and e.label == 1]
     arrays = [read_entry(e) for e in entries]
-    cleans = [np.load(root / "data" / "clean" / e.image.name) for e in entries]
+    cleans = [np.load(manifest.parent / "clean" / e.image.name) for e in entries]
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     organs = model.entry_organs(entries, arrays)
     out: dict[str, Any] = {"lesions": lesions_found(model, arrays, cleans, gts, organs)}
@@ -526,7 +549,7 @@ def diagnose(root: Path, manifest: Path) -> dict[str, Any]:
     out["location"] = float(inside.sum() / max(total, 1e-9))
     out["lesion_contrast_in_map"] = float(np.median(oracle_inside))
     out["window"] = list(model.window) if model.window else None
-    out["evidence"] = member_evidence(root / "data")
+    out["evidence"] = member_evidence(manifest.parent)
     out["detectability"] = {  # median over the abnormal test slices
         "input": float(np.nanmedian(detectability(x[:, 0].numpy(), x_clean[:, 0].numpy()))),
         "native": float(np.nanmedian(detectability([a for a, _ in normed], [c for _, c in normed]))),
@@ -602,6 +625,11 @@ def lesion_counts(lesions: dict[str, dict[str, int]] | None) -> str:
     return "; ".join(f"{v['found']} / {v['seen']} / {v['n']}" for v in (lesions["bright"], lesions["dark"]))
 
 
+def run_name(result: dict[str, Any]) -> str:
+    """The member's name, with its training seed when not 0, e.g. ``ct-kidney (seed 1)``."""
+    return result["member"] + (f" (seed {result['seed']})" if result.get("seed") else "")
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown tables: scores at the default and auto thresholds, then the diagnosis."""
     lines = [
@@ -617,7 +645,7 @@ def table(results: list[dict[str, Any]]) -> str:
             + f" / {s.get('eval-default', 0) + s.get('eval-auto', 0):.0f}"
         )
         lines.append(
-            f"| {r['member']} | {fmt(r['classifier_auroc'])} ({p_value(r.get('classifier_val_p'))}) | {fmt(d['pooled_iou'])} ({fmt(d['threshold'])}) | {fmt(a['pooled_iou'])} "
+            f"| {run_name(r)} | {fmt(r['classifier_auroc'])} ({p_value(r.get('classifier_val_p'))}) | {fmt(d['pooled_iou'])} ({fmt(d['threshold'])}) | {fmt(a['pooled_iou'])} "
             f"({fmt(a['threshold'])}) | {fmt(d['mean_dice'])} | {fmt(d['pixel_ap'])} | {fmt(d['cv'])} "
             f"| {fmt(d['normal_fp_rate'])} / {fmt(a['normal_fp_rate'])} | {secs} |"
         )
@@ -631,13 +659,44 @@ def table(results: list[dict[str, Any]]) -> str:
         o, c, d = g["oracle"], g["coin"], g.get("detectability", {})
         window = "grey" if g["window"] is None else f"[{g['window'][0]:.0f}, {g['window'][1]:.0f}]"
         lines.append(
-            f"| {r['member']} | {window} | {g['lesion_contrast_in_map']:.3f} | {o['iou_025']:.3f} / {o['iou_best']:.3f} ({o['best_threshold']:.2f}) "
+            f"| {run_name(r)} | {window} | {g['lesion_contrast_in_map']:.3f} | {o['iou_025']:.3f} / {o['iou_best']:.3f} ({o['best_threshold']:.2f}) "
             f"| {g['oracle_native']['iou_025']:.3f} / {g['oracle_native']['iou_best']:.3f} "
             f"| {fmt(g.get('oracle_crop', {}).get('iou_025'))} / {fmt(g.get('oracle_crop', {}).get('iou_best'))} "
             f"| {c['iou_best']:.3f} ({c['best_threshold']:.2f}) | {g['completeness']:.2f} | {g['location']:.2f} "
             f"| {fmt(g.get('half_removed_called_normal'), 2)} | {lesion_counts(g.get('lesions'))} "
             f"| {fmt(d.get('input'), 1)} / {fmt(d.get('native'), 1)} | {evidence(g.get('evidence'))} |"
         )
+    return "\n".join(lines)
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    """Per member over its training seeds: pooled IoU at the default threshold (mean and range), pixel AP (mean),
+    the largest normal-slice false-positive rate; then issue 8's acceptance figures on the members' means (how
+    many reach 0.5, their median, the largest false-positive rate). A member with one seed has a one-value range."""
+    by_member: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_member.setdefault(r["member"], []).append(r)
+    lines = [
+        "| member | seeds | pooled IoU default: mean (min - max) | pixel AP: mean | normal FP: largest | clf AUROC: mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    means, fps = [], []
+    for member, runs in by_member.items():
+        iou = [r["default"]["pooled_iou"] for r in runs]
+        fp = max(r["default"]["normal_fp_rate"] for r in runs)
+        means.append(float(np.mean(iou)))
+        fps.append(fp)
+        seeds = ", ".join(str(r.get("seed", 0)) for r in runs)
+        lines.append(
+            f"| {member} | {seeds} | {means[-1]:.3f} ({min(iou):.3f} - {max(iou):.3f}) "
+            f"| {np.mean([r['default']['pixel_ap'] for r in runs]):.3f} | {fp:.3f} "
+            f"| {np.mean([r['classifier_auroc'] for r in runs]):.3f} |"
+        )
+    lines += [
+        "",
+        f"pooled IoU >= 0.5 on {sum(m >= 0.5 for m in means)} of {len(means)} members (mean over seeds); "
+        f"median {np.median(means):.3f}; normal slices with a false-positive pixel at most {max(fps):.3f}",
+    ]
     return "\n".join(lines)
 
 
@@ -650,7 +709,13 @@ def main() -> None:
     parser.add_argument("--gan-minutes", type=float, default=5.0, help="GAN budget per member")
     parser.add_argument("--clf-steps", type=int, default=None, help="classifier steps (default: the profile's)")
     parser.add_argument("--gan-steps", type=int, default=None, help="GAN steps (default: the profile's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the data's seed (what the members' slices are drawn from)")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated training seeds; each trains the classifier and the GAN again (seed N in M/seed-N, "
+        "seed 0 in M), and a summary over the seeds follows the tables",
+    )
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument(
         "--threads",
@@ -678,6 +743,12 @@ def main() -> None:
         parser.error(f"--members: unknown {unknown[0]!r}; choose from {', '.join(BY_NAME)}")
     if args.evidence_rim < 0:
         parser.error(f"--evidence-rim: must be >= 0 px, got {args.evidence_rim}")
+    try:
+        seeds = sorted({int(n) for n in args.seeds.split(",") if n.strip()})
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if not seeds or seeds[0] < 0:
+        parser.error(f"--seeds: expected non-negative integers, got {args.seeds!r}")
     if args.evidence_rim and not args.evidence_only:
         parser.error("--evidence-rim: only with --evidence-only (the diagnosis table uses the whole organ)")
     results = []
@@ -691,11 +762,12 @@ def main() -> None:
             else:
                 print(manifest)
             continue
-        print(f"== {name}", flush=True)
-        results.append(run_member(BY_NAME[name], root, args))
-        print(table(results[-1:]), flush=True)
+        for seed in seeds:
+            print(f"== {name}" + (f" (training seed {seed})" if seed else ""), flush=True)
+            results.append(run_member(BY_NAME[name], root, args, seed))
+            print(table(results[-1:]), flush=True)
     if results:
-        text = table(results)
+        text = table(results) + "\n\n" + summary(results)
         (args.work / "table.md").write_text(text + "\n")
         print(text)
 

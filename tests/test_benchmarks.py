@@ -62,6 +62,44 @@ def test_the_table_shows_lesions_found_and_seen_per_polarity_and_their_detectabi
     assert rows[-1].endswith("| – | – / – | – |")  # a run diagnosed before the columns existed
 
 
+def _seeded(member: str, seed: int, iou: float, ap: float, fp: float) -> dict:
+    result = _result(1e-9)
+    result.update(member=member, seed=seed)
+    result["default"] = {**result["default"], "pooled_iou": iou, "pixel_ap": ap, "normal_fp_rate": fp}
+    return result
+
+
+def test_the_summary_averages_each_member_over_its_seeds_and_checks_the_issues_targets() -> None:
+    results = [
+        _seeded("a", 0, 0.6, 0.8, 0.00),
+        _seeded("a", 1, 0.4, 0.6, 0.05),
+        _seeded("b", 0, 0.9, 0.9, 0.02),
+        _seeded("c", 0, 0.1, 0.2, 0.12),
+    ]
+    lines = generalization.summary(results).splitlines()
+    assert lines[2] == "| a | 0, 1 | 0.500 (0.400 - 0.600) | 0.700 | 0.050 | 0.500 |"
+    assert lines[3] == "| b | 0 | 0.900 (0.900 - 0.900) | 0.900 | 0.020 | 0.500 |"
+    assert lines[-1] == (
+        "pooled IoU >= 0.5 on 2 of 3 members (mean over seeds); median 0.500; "
+        "normal slices with a false-positive pixel at most 0.120"
+    )
+    rows = generalization.table(results).splitlines()
+    assert rows[2].startswith("| a | ") and rows[3].startswith("| a (seed 1) | ")
+
+
+def test_each_training_seed_gets_its_own_folder_and_settings(tmp_path: Path) -> None:
+    from coinseg.config import load_settings
+
+    assert generalization.run_folder(tmp_path, 0) == tmp_path  # the layout of the tables in RESULTS.md
+    assert generalization.run_settings(tmp_path, 0, None) == []  # the quick profile as it is
+    run = generalization.run_folder(tmp_path, 2)
+    assert run == tmp_path / "seed-2"
+    args = generalization.run_settings(run, 2, 700)
+    assert args == ["--config", str(run / "settings.yaml")]
+    settings = load_settings(run / "settings.yaml")
+    assert (settings.seed, settings.classifier.max_steps, settings.profile) == (2, 700, "quick")
+
+
 class _FakeModel:
     """f(x) = 1 where a slice has a pixel above 50 HU (sees bright lesions only); the map is 1 on the left half."""
 
