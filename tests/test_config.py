@@ -41,6 +41,7 @@ def test_paper_profile_is_the_paper_recipe() -> None:
     assert paper.gan.lambda_kl == 5.0 and paper.gan.lambda_tv == 0.05 and paper.gan.lambda_minc == 0.0
     assert paper.gan.kl_edit_scale == 1.0  # the classifier term scores x_cf itself
     assert paper.gan.hflip == 0.0 and not paper.gan.mirror_maps  # no augmentation, one counterfactual per slice
+    assert paper.gan.lr == 2e-4 and paper.gan.lr_d is None  # Adam's 2e-4 for E+G and D alike
 
 
 def test_edit_scale_outside_unit_interval_is_refused() -> None:
