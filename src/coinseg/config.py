@@ -212,8 +212,8 @@ class GanConfig:
     # Adam step sizes: ``lr`` for E+G, ``lr_d`` for D (None = ``lr``; the paper: 2e-4 for both). In 600 steps the
     # paper's step leaves the GAN short of its objective; E+G at 5e-4 with D at 2e-4 found more of the small and
     # the darker lesions, but without the mirroring it gave one normal real-CT anatomy a mask; with the mirroring
-    # it did not, and it raised the pixel AP of every suite member with masks (benchmarks/RESULTS.md, *E+G's
-    # larger step with the mirroring*).
+    # it did not, it raised the phantom members' pixel AP and left the real CT's within its seeds' spread
+    # (benchmarks/RESULTS.md, *E+G's larger step with the mirroring*).
     lr: float = 5e-4
     lr_d: float | None = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
