@@ -273,17 +273,18 @@ def run_folder(root: Path, seed: int) -> Path:
 
 def run_settings(folder: Path, seed: int, clf_steps: int | None) -> list[str]:
     """``--config`` arguments for a run with training seed ``seed`` and ``clf_steps`` classifier steps: none for
-    the quick profile as it is (seed 0, the profile's steps), else a YAML of those two changes written to
-    ``folder/settings.yaml``."""
+    the quick profile as it is (seed 0, the profile's steps), else the quick profile with those two changed,
+    written to ``folder/settings.yaml``."""
     if seed == 0 and clf_steps is None:
         return []
-    import yaml
+    from coinseg.config import profile_settings, save_settings
 
-    settings: dict[str, Any] = {"profile": "quick", "seed": seed}
+    settings = profile_settings("quick")
+    settings.seed = seed
     if clf_steps is not None:
-        settings["classifier"] = {"max_steps": clf_steps}
+        settings.classifier.max_steps = clf_steps
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    save_settings(settings, folder / "settings.yaml")
     return ["--config", str(folder / "settings.yaml")]
 
 
