@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from coinseg.config import profile_settings, settings_from_dict, settings_to_dict
+from coinseg.config import MaskExtent, profile_settings, settings_from_dict, settings_to_dict
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import load_mask
 from coinseg.evaluation.metrics import counterfactual_validity, difference_map
@@ -55,7 +55,8 @@ def score(trainer: GanTrainer, test: Any, gts: list[np.ndarray], threshold: floa
     cf = torch.from_numpy(x_cf)
     p_cf = probs(trainer.classifier, cf, trainer.fabric.device)
     maps = to_original_size(difference_map(test.images, cf), test.shapes)
-    summary, _ = score_maps(maps, gts, test.labels.numpy(), threshold)
+    # map > threshold, as the sweep's recorded runs were scored (RESULTS, *Sweep on the GPU*)
+    summary, _ = score_maps(maps, gts, test.labels.numpy(), threshold, extent=MaskExtent.threshold)
     keep = ("pooled_iou", "mean_dice", "normal_fp_rate", "pixel_ap")
     return {**{k: summary[k] for k in keep}, "cv": counterfactual_validity(p, p_cf)}
 

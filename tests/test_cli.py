@@ -235,6 +235,7 @@ def test_evaluate_compares_methods_on_the_same_slices(
 
     for name, row in metrics["methods"].items():
         run = {"coin": coin_run, "singla": singla_run}.get(name)
+        assert row["extent"] == ("threshold" if run is None else "half-peak")  # the default extent: maps of a GAN
         if run is None:
             assert row["threshold"] == 0.975
         else:  # the default, floor: the larger of the run's noise floor and half the typical lesion's change
@@ -261,6 +262,14 @@ def test_threshold_auto_uses_the_calibrated_noise_floor(coin_run: Path, tiny_dat
     assert any("threshold auto" in note for note in metrics["notes"])
     code, output = invoke("segment", coin_run, tiny_data, "--out", tmp_path / "seg", "--threshold", "auto")
     assert code == 0, output
+    paper = tmp_path / "paper"
+    code, output = invoke(
+        "evaluate", coin_run, tiny_data, "--out", paper, "--threshold", "0.25", "--extent", "threshold"
+    )
+    assert code == 0, output
+    assert json.loads((paper / "metrics.json").read_text())["methods"]["coin"]["extent"] == "threshold"
+    code, output = invoke("segment", coin_run, tiny_data, "--out", tmp_path / "bad", "--extent", "everything")
+    assert code != 0 and "--extent" in output and not (tmp_path / "bad").exists()
 
 
 def test_threshold_auto_without_calibration_is_a_clear_error(coin_run: Path) -> None:

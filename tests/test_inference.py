@@ -68,6 +68,35 @@ def test_dataset_masks_land_on_the_known_voxels(
         assert maps.shape == source.shape and np.asarray(maps.dataobj).dtype == np.float32
 
 
+def test_each_slice_lesion_reaches_its_half_peak_on_the_known_voxels(
+    coin_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A map of 0.8 on the tumour and 0.3 on the rest of the kidney, threshold 0.2: by threshold the whole kidney
+    is masked; by half-peak, slice by slice, the tumour's planes keep the tumour (>= 0.4) and the planes without
+    one the kidney (0.3 barely clears 0.2: kept, nothing below the cut added), back on the source voxels."""
+    _kits_study(tmp_path / "kits")
+    prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
+
+    def graded(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
+        maps = [np.select([a > (TUMOUR_HU + KIDNEY_HU) / 2, a > (KIDNEY_HU - 50) / 2], [0.8, 0.3], 0.0) for a in arrays]
+        return np.ones(len(arrays)), np.zeros(len(arrays)), [m.astype(np.float32) for m in maps]
+
+    monkeypatch.setattr(Predictor, "run", graded)
+    by_threshold, half_peak = tmp_path / "threshold", tmp_path / "half-peak"
+    segment(coin_run, tmp_path / "ds", by_threshold, split="all", device="cpu", threshold=0.2, extent="threshold")
+    segment(coin_run, tmp_path / "ds", half_peak, split="all", device="cpu", threshold=0.2)
+    for case in ("case_00000", "case_00001"):
+        seg = np.asarray(nib.load(tmp_path / "kits" / case / "segmentation.nii.gz").dataobj)  # planes first
+        expected = np.where((seg == 2).any(axis=(1, 2), keepdims=True), seg == 2, seg > 0)
+        assert (seg == 2).any() and not np.array_equal(expected, seg > 0)
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(by_threshold / "masks" / f"{case}.nii.gz").dataobj) > 0, seg > 0
+        )
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(half_peak / "masks" / f"{case}.nii.gz").dataobj) > 0, expected
+        )
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data fixtures not present")
 def test_totalsegmentator_subject_gives_one_mask_in_the_ct_geometry(coin_run: Path, tmp_path: Path) -> None:
     prepare_study(SHARED / "totalsegmentator-mini", tmp_path / "ds", PrepareOptions(inject=True), lambda _: None)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from coinseg.config import DeviceChoice, MapUpsample, Method, Precision, Profile
+from coinseg.config import DeviceChoice, MapUpsample, MaskExtent, Method, Precision, Profile
 from coinseg.evaluation.volume import MIN_LESION_MM3
 from coinseg.registry import methods_help, parse_methods
 
@@ -70,6 +70,11 @@ THRESHOLD_HELP = (
     "noise floor (the change it makes on normal validation slices) and half the typical lesion's change on "
     "abnormal validation slices (older runs: at least 0.25 on an organ window); 'auto' = that noise floor; or a "
     "number (the paper's 0.25)"
+)
+EXTENT_HELP = (
+    "how far each lesion the threshold finds reaches: 'half-peak' = to half its own peak change, below the threshold "
+    "by at most its peak's margin above it (a lesion at twice the threshold or more is trimmed to its half peak); "
+    "'threshold' = every pixel above the threshold (the paper's)"
 )
 GATE_HELP = "no mask on slices the classifier calls normal, f(x) < 0.5 (--no-gate: on every slice)"
 UPSAMPLE_HELP = (
@@ -353,6 +358,7 @@ def segment(
     out: Annotated[Path, typer.Option("--out", help="output folder (must not exist or be empty)")],
     split: Annotated[str, typer.Option(help="manifest/dataset split to segment, or 'all'")] = "test",
     threshold: Annotated[str, typer.Option(help=THRESHOLD_HELP)] = "floor",
+    extent: Annotated[MaskExtent, typer.Option(help=EXTENT_HELP)] = MaskExtent.half_peak,
     postprocess: Annotated[
         bool,
         typer.Option(help="2-D: 3x3 opening, 3x3 closing, largest component; volumes: 3-D lesions >= --min-lesion-mm3"),
@@ -387,6 +393,7 @@ def segment(
         dicom_seg=dicom_seg,
         gate=gate,
         upsample=upsample,
+        extent=extent,
     )
     typer.echo(str(csv_path))
 
@@ -401,6 +408,7 @@ def evaluate(
     methods: Annotated[str, typer.Option(help=methods_help())] = "coin",
     singla_run: Annotated[Path | None, typer.Option(help="run directory trained with --method singla")] = None,
     threshold: Annotated[str, typer.Option(help="counterfactual maps: " + THRESHOLD_HELP)] = "floor",
+    extent: Annotated[MaskExtent, typer.Option(help="counterfactual maps: " + EXTENT_HELP)] = MaskExtent.half_peak,
     saliency_threshold: Annotated[
         float, typer.Option(help="attribution maps (in [0, 1]): mask = map > threshold")
     ] = 0.975,
@@ -435,6 +443,7 @@ def evaluate(
         max_slices=max_slices,
         gate=gate,
         upsample=upsample,
+        extent=extent,
     )
     _print_summary(metrics)
     typer.echo(str(out / "report.html"))

@@ -113,6 +113,15 @@ class MapUpsample(str, enum.Enum):
     bilinear = "bilinear"
 
 
+class MaskExtent(str, enum.Enum):
+    """How far a lesion's mask reaches on a difference map once the threshold has found it
+    (:func:`coinseg.evaluation.metrics.lesion_mask`): ``half-peak``, to half its own peak change, below the
+    threshold by at most its peak's margin above it; or every pixel above the ``threshold`` (the paper's)."""
+
+    half_peak = "half-peak"
+    threshold = "threshold"
+
+
 class DeviceChoice(str, enum.Enum):
     auto = "auto"
     cpu = "cpu"

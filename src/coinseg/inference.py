@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from coinseg.config import DeviceChoice, MapUpsample
+from coinseg.config import DeviceChoice, MapUpsample, MaskExtent
 from coinseg.data.manifest import Entry, ManifestError, read_manifest
 from coinseg.data.roi import paste_back_values
 from coinseg.data.slices import read_entry
 from coinseg.data.store import STORE, StoredCase, open_case
 from coinseg.errors import UsageError
+from coinseg.evaluation.metrics import lesion_mask
 from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, lesion_volume_ml, remove_small_lesions, spacing_from_affine
 from coinseg.io.files import atomic_dir, check_empty_target, spreadsheet_safe
@@ -87,8 +90,10 @@ class Job:
 
 @dataclass
 class MaskRule:
-    """How masks are made: ``cut`` the threshold on |x - x_cf| / 2; ``min_lesion_mm3`` the 3-D post-processing's
-    smallest lesion (with ``postprocess``); ``gate``: no mask on a slice the classifier calls normal (f(x) < 0.5)."""
+    """How masks are made: ``cut`` the threshold on |x - x_cf| / 2 and ``extent`` how far each lesion it finds
+    reaches (:func:`~coinseg.evaluation.metrics.lesion_mask`, slice by slice); ``min_lesion_mm3`` the 3-D
+    post-processing's smallest lesion (with ``postprocess``); ``gate``: no mask on a slice the classifier calls
+    normal (f(x) < 0.5)."""
 
     cut: float
     postprocess: bool
@@ -97,6 +102,11 @@ class MaskRule:
     dicom_seg: bool
     batch_size: int
     gate: bool = True
+    extent: MaskExtent = MaskExtent.half_peak
+
+    def masks(self, maps: np.ndarray) -> np.ndarray:
+        """Boolean masks of N x H x W difference maps, each slice on its own."""
+        return np.stack([lesion_mask(m, self.cut, self.extent) for m in maps])
 
 
 def _safe(name: str) -> str:
@@ -158,33 +168,37 @@ def _gated(diffs: list[np.ndarray], probs: np.ndarray, gate: bool) -> list[np.nd
     return gate_maps(diffs, probs) if gate else diffs
 
 
-def _volume_maps(model: Predictor, job: Job, rule: MaskRule) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(f(x) per slice, f(x_cf) per slice, difference maps in the source voxel array (gated by ``rule``), the
-    source affine)."""
+def _volume_maps(
+    model: Predictor, job: Job, rule: MaskRule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray], np.ndarray]:
+    """(f(x) per slice, f(x_cf) per slice, the N x H x W difference maps of the slices (gated by ``rule``), the
+    function that puts N x H x W slice arrays (maps or masks) back into the source voxel array, the source
+    affine)."""
     batch = rule.batch_size
     if job.stored is not None:
-        stored = job.stored
-        slices = [np.asarray(stored.image[n], dtype=np.float32) for n in range(len(stored.image))]
-        organs = None if stored.organ is None else [np.asarray(o) for o in stored.organ]
+        geometry = job.stored.geometry
+        slices = [np.asarray(job.stored.image[n], dtype=np.float32) for n in range(len(job.stored.image))]
+        organs = None if job.stored.organ is None else [np.asarray(o) for o in job.stored.organ]
         probs, probs_cf, diffs = model.run(slices, batch, organs, job.source)  # nothing outside the organ
-        maps = np.stack(_gated(diffs, probs, rule.gate))
-        return probs, probs_cf, paste_back_values(stored.geometry, maps, 0.0), stored.geometry.affine
-    image = job.image
-    assert image is not None and image.affine is not None
-    probs, probs_cf, diffs = model.run(list(image.array), batch, source=job.source)
-    return probs, probs_cf, to_source_volume(np.stack(_gated(diffs, probs, rule.gate)), image), image.affine
+        back, affine = partial(paste_back_values, geometry), geometry.affine
+    else:
+        image = job.image
+        assert image is not None and image.affine is not None
+        probs, probs_cf, diffs = model.run(list(image.array), batch, source=job.source)
+        back, affine = partial(to_source_volume, image=image), image.affine
+    return probs, probs_cf, np.stack(_gated(diffs, probs, rule.gate)), back, affine
 
 
 def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
-    probs, probs_cf, maps, affine = _volume_maps(model, job, rule)
+    probs, probs_cf, maps, to_source, affine = _volume_maps(model, job, rule)
     spacing = spacing_from_affine(affine)
-    mask = maps > rule.cut
+    mask = to_source(rule.masks(maps))
     if rule.postprocess:
         mask = remove_small_lesions(mask, spacing, rule.min_lesion_mm3)
     rel = f"masks/{job.name}.nii.gz"
     write_nifti(mask, affine, out / rel)
     if rule.save_maps:
-        write_nifti(maps.astype(np.float32), affine, out / "maps" / f"{job.name}.nii.gz")
+        write_nifti(to_source(maps).astype(np.float32), affine, out / "maps" / f"{job.name}.nii.gz")
     if rule.dicom_seg and job.dicom is not None:
         from coinseg.export.dicom_seg import frames_from_series_volume, write_dicom_seg
 
@@ -203,7 +217,7 @@ def _segment_slice(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dic
     assert job.image is not None
     organs = None if job.entry is None else model.entry_organs([job.entry], [job.image.array])
     probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size, organs, job.source)
-    mask = _gated(diffs, probs, rule.gate)[0] > rule.cut
+    mask = rule.masks(np.stack(_gated(diffs, probs, rule.gate)))[0]
     if rule.postprocess:
         mask = clean_mask(mask)
     rel = f"masks/{job.name}.png"
@@ -231,9 +245,11 @@ def segment(
     dicom_seg: bool = False,
     gate: bool = True,
     upsample: MapUpsample | str = MapUpsample.guided,
+    extent: MaskExtent | str = MaskExtent.half_peak,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
-    ``threshold``: ``"floor"``, ``"auto"`` or a number in [0, 1) (:meth:`coinseg.predictor.Predictor.threshold`). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`)."""
+    ``threshold``: ``"floor"``, ``"auto"`` or a number in [0, 1) (:meth:`coinseg.predictor.Predictor.threshold`). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`).
+    ``extent``: how far each lesion the threshold finds reaches (:class:`~coinseg.config.MaskExtent`)."""
     parsed = parse_threshold(threshold)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
@@ -241,7 +257,9 @@ def segment(
         raise UsageError(f"--min-lesion-mm3 {min_lesion_mm3}: must be >= 0")
     check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device, upsample)
-    rule = MaskRule(model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate)
+    rule = MaskRule(
+        model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate, MaskExtent(extent)
+    )
     jobs = collect_jobs(source, split)
     for job in jobs:
         if job.intensity != model.intensity:

@@ -11,6 +11,7 @@ from coinseg.evaluation.metrics import (
     counterfactual_validity,
     difference_map,
     flip_rate,
+    lesion_mask,
     lesion_polarity,
     polarity_warning,
     postprocess,
@@ -36,6 +37,79 @@ def test_difference_map_keeps_torch_tensors():
     out = difference_map(torch.tensor([[-1.0, 0.5]]), torch.tensor([[1.0, 0.0]]))
     assert isinstance(out, torch.Tensor)
     assert out.tolist() == [[1.0, 0.25]]
+
+
+def _rings(shape, centre, levels):
+    """A map of concentric square rings around ``centre``: ``levels[r]`` at Chebyshev distance r, 0 beyond."""
+    rows, cols = np.indices(shape)
+    distance = np.maximum(abs(rows - centre[0]), abs(cols - centre[1]))
+    out = np.zeros(shape)
+    for r, level in enumerate(levels):
+        out[distance == r] = level
+    return out
+
+
+def test_lesion_mask_threshold_extent_is_the_plain_cut():
+    diff = np.random.default_rng(0).random((16, 16))
+    np.testing.assert_array_equal(lesion_mask(diff, 0.6, "threshold"), diff > 0.6)
+
+
+def test_lesion_mask_trims_a_strong_lesion_to_its_half_peak():
+    diff = _rings((21, 21), (10, 10), [0.8, 0.6, 0.45, 0.3, 0.25])  # peak 0.8 >= twice the cut 0.2
+    mask = lesion_mask(diff, 0.2)
+    np.testing.assert_array_equal(mask, diff >= 0.4)  # rings 0-2 (5 x 5 px), not the 9 x 9 above the cut
+    assert mask.sum() == 25 and (diff > 0.2).sum() == 81
+
+
+def test_lesion_mask_grows_a_weak_lesion_below_the_cut_by_its_margin():
+    # peak 0.3 with cut 0.2: down to max(0.15, 2 * 0.2 - 0.3) = 0.15, i.e. rings 0-3, not ring 4 (0.1)
+    diff = _rings((21, 21), (10, 10), [0.3, 0.25, 0.18, 0.15, 0.1])
+    diff[0, 0] = 0.18  # as high as ring 2 but not connected to the lesion: not masked
+    mask = lesion_mask(diff, 0.2)
+    expected = _rings((21, 21), (10, 10), [1, 1, 1, 1]) > 0
+    np.testing.assert_array_equal(mask, expected)
+    # a lesion just above the cut keeps only what is above it
+    barely = _rings((21, 21), (10, 10), [0.21, 0.21, 0.18, 0.15])
+    np.testing.assert_array_equal(lesion_mask(barely, 0.2), barely > 0.2)
+
+
+def test_lesion_mask_gives_each_lesion_its_own_extent():
+    strong = _rings((20, 40), (10, 10), [0.9, 0.7, 0.5, 0.3])  # cut 0.2: trimmed at 0.45 -> rings 0-2
+    weak = _rings((20, 40), (10, 30), [0.3, 0.25, 0.16, 0.1])  # grown to 0.15 -> rings 0-2
+    mask = lesion_mask(strong + weak, 0.2)
+    np.testing.assert_array_equal(mask[:, :20], strong[:, :20] >= 0.45)
+    np.testing.assert_array_equal(mask[:, 20:], weak[:, 20:] >= 0.15)
+    assert mask[:, :20].sum() == 25 and mask[:, 20:].sum() == 25
+
+
+def test_lesion_mask_matches_its_definition_lesion_by_lesion():
+    """The labelling shortcuts (lowest lesions first, skipping those inside a grown region, labelling only the
+    part of the map that can hold a region) against the definition applied lesion by lesion to the whole map."""
+    import scipy.ndimage as ndi
+
+    def by_definition(diff, cut):
+        labels, n = ndi.label(diff > cut)
+        mask = np.zeros(diff.shape, bool)
+        for k in range(1, n + 1):
+            peak = diff[labels == k].max()
+            regions, _ = ndi.label(diff >= max(peak / 2, 2 * cut - peak))
+            met = np.unique(regions[labels == k])
+            mask |= np.isin(regions, met[met > 0])
+        return mask
+
+    rng = np.random.default_rng(2)
+    for sigma in (0.0, 1.0, 2.5):
+        diff = ndi.gaussian_filter(rng.random((48, 48)), sigma)
+        diff = (diff - diff.min()) / (diff.max() - diff.min())
+        for cut in (0.3, 0.5, 0.7):
+            np.testing.assert_array_equal(lesion_mask(diff, cut), by_definition(diff, cut))
+
+
+def test_lesion_mask_has_a_pixel_exactly_where_the_threshold_has_one():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        diff = rng.random((12, 12)) * rng.random()
+        assert lesion_mask(diff, 0.3).any() == (diff > 0.3).any()
 
 
 def test_postprocess_keeps_largest_component_and_drops_isolated_pixel():

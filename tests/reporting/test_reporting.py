@@ -154,6 +154,7 @@ METRICS = {
             "lesion_sensitivity_brighter": 0.8,
             "lesion_sensitivity_darker": 0.0,
             "seconds_per_slice": 0.012345,
+            "extent": "half-peak",
         },
         # no "pixel_ap" key at all, no lesion counts (a report of an older evaluation), and nulls
         "rise": {
@@ -181,15 +182,15 @@ def test_write_report(tmp_path):
 
     md = md_path.read_text()
     header = (
-        "| method | kind | threshold | FID (paired) | FID (realism) | CV | pooled IoU | mean IoU | mean Dice "
+        "| method | kind | threshold | extent | FID (paired) | FID (realism) | CV | pooled IoU | mean IoU | mean Dice "
         "| normal-slice FP rate | pixel AP | lesions found: brighter | darker | s/slice |"
     )
     assert header in md
     assert (
-        "| coin | counterfactual | 0.250 | – | – | 0.950 | 0.646 | 0.500 | 0.600 | 0.100 | 0.700 | 0.800 | 0.000 | 0.0123 |"
+        "| coin | counterfactual | 0.250 | half-peak | – | – | 0.950 | 0.646 | 0.500 | 0.600 | 0.100 | 0.700 | 0.800 | 0.000 | 0.0123 |"
         in md
     )
-    assert "| rise | attribution | 0.975 | – | – | – | 0.397 | – | 0.400 | 0.200 | – | – | – | 1.5 |" in md
+    assert "| rise | attribution | 0.975 | – | – | – | – | 0.397 | – | 0.400 | 0.200 | – | – | – | 1.5 |" in md
     assert "![comparison](comparison.png)" in md
     assert "overlay.png" in md and "![overlay]" not in md  # noted, not linked
     assert "FID unavailable" in md

@@ -24,7 +24,7 @@ import torch
 
 from coinseg import __version__
 from coinseg.attribution import build_attributor
-from coinseg.config import DeviceChoice, MapUpsample
+from coinseg.config import DeviceChoice, MapUpsample, MaskExtent
 from coinseg.data.manifest import Entry, read_manifest, select_split
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import load_mask, read_entry
@@ -42,6 +42,7 @@ from coinseg.evaluation.metrics import (
     counterfactual_validity,
     difference_map,
     flip_rate,
+    lesion_mask,
     lesion_polarity,
     polarity_warning,
 )
@@ -131,9 +132,10 @@ def score_maps(
     cut: float,
     postprocess: bool = False,
     lesions: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    extent: MaskExtent | str = MaskExtent.half_peak,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Masks ``map > cut`` (H_i x W_i maps at each slice's resolution; abnormal slices post-processed when
-    ``postprocess``) scored against the boolean ``gts`` with slice ``labels`` (1 = abnormal). ``lesions``: each
+    """Masks :func:`~coinseg.evaluation.metrics.lesion_mask` of ``cut`` and ``extent`` (H_i x W_i maps at each
+    slice's resolution; abnormal slices post-processed when ``postprocess``) scored against the boolean ``gts`` with slice ``labels`` (1 = abnormal). ``lesions``: each
     slice's :func:`~coinseg.evaluation.metrics.lesion_polarity`, to count lesions detected by polarity.
 
     Returns (the :class:`SegmentationTally` summary plus ``pixel_ap`` of the maps and, with ``lesions``, the
@@ -142,7 +144,7 @@ def score_maps(
     tally, by_lesion = SegmentationTally(), LesionTally()
     masks = []
     for i, (m, gt, label) in enumerate(zip(maps, gts, labels, strict=True)):
-        pred = m > cut
+        pred = lesion_mask(m, cut, extent)
         if postprocess and label == 1:
             pred = clean_mask(pred)
         tally.add(pred, gt, bool(label))
@@ -169,6 +171,7 @@ def evaluate(
     singla_run: Path | None = None,
     gate: bool = True,
     upsample: MapUpsample | str = MapUpsample.guided,
+    extent: MaskExtent | str = MaskExtent.half_peak,
     rise_masks: int = 6000,
     max_slices: int | None = None,
     batch_size: int = 64,
@@ -179,7 +182,8 @@ def evaluate(
     (:meth:`coinseg.predictor.Predictor.threshold`).
     ``gate``: every method's map is zero on slices the classifier calls normal (f(x) < 0.5), as ``segment``
     writes them. ``upsample``: how every method's maps are resized back to the slices (guided by the slice, or
-    bilinear; :mod:`coinseg.data.upsample`)."""
+    bilinear; :mod:`coinseg.data.upsample`). ``extent``: how far a counterfactual map's lesion reaches
+    (:class:`~coinseg.config.MaskExtent`); attribution maps are cut at ``saliency_threshold``."""
     parsed = parse_threshold(threshold)
     check_empty_target(out_dir)  # before any work; again at the end
     model = load_predictor(run_dir, device, upsample)
@@ -271,9 +275,15 @@ def evaluate(
             sized = confine_maps(sized, organs)  # as `segment` writes them: nothing outside the organ
             if gate:  # as `segment` writes them: no mask where f calls the slice normal
                 sized = gate_maps(sized, probs)
-            summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned, polarity)
+            reach = MaskExtent(extent) if entry["kind"] == "counterfactual" else MaskExtent.threshold
+            summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned, polarity, reach)
             entry.update(
-                threshold=cut, postprocess=cleaned, gated=gate, seconds_per_slice=seconds / max(len(x), 1), **summary
+                threshold=cut,
+                extent=reach.value,
+                postprocess=cleaned,
+                gated=gate,
+                seconds_per_slice=seconds / max(len(x), 1),
+                **summary,
             )
             one_polarity = polarity_warning(summary) if entry["kind"] == "counterfactual" else None
             if one_polarity:

@@ -22,6 +22,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("method", "", "name"),
     ("kind", "kind", "text"),
     ("threshold", "threshold", "3f"),
+    ("extent", "extent", "text"),
     ("FID (paired)", "fid_paired", "3f"),
     ("FID (realism)", "fid_realism", "3f"),
     ("CV", "cv", "3f"),
