@@ -248,7 +248,8 @@ def segment(
     extent: MaskExtent | str = MaskExtent.half_peak,
 ) -> Path:
     """Write masks and predictions.csv for ``source`` into ``out_dir``; returns the CSV path.
-    ``threshold``: ``"floor"``, ``"auto"`` or a number in [0, 1) (:meth:`coinseg.predictor.Predictor.threshold`). ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`).
+    ``threshold``: ``"floor"``, ``"auto"`` or a number in [0, 1) (:meth:`coinseg.predictor.Predictor.threshold`).
+    ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`).
     ``extent``: how far each lesion the threshold finds reaches (:class:`~coinseg.config.MaskExtent`)."""
     parsed = parse_threshold(threshold)
     if batch_size < 1:

@@ -135,8 +135,9 @@ def score_maps(
     extent: MaskExtent | str = MaskExtent.half_peak,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Masks :func:`~coinseg.evaluation.metrics.lesion_mask` of ``cut`` and ``extent`` (H_i x W_i maps at each
-    slice's resolution; abnormal slices post-processed when ``postprocess``) scored against the boolean ``gts`` with slice ``labels`` (1 = abnormal). ``lesions``: each
-    slice's :func:`~coinseg.evaluation.metrics.lesion_polarity`, to count lesions detected by polarity.
+    slice's resolution; abnormal slices post-processed when ``postprocess``) scored against the boolean ``gts``
+    with slice ``labels`` (1 = abnormal). ``lesions``: each slice's
+    :func:`~coinseg.evaluation.metrics.lesion_polarity`, to count lesions detected by polarity.
 
     Returns (the :class:`SegmentationTally` summary plus ``pixel_ap`` of the maps and, with ``lesions``, the
     :class:`LesionTally` summary; the predicted masks).
