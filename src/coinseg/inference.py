@@ -11,7 +11,8 @@ INPUT is one of:
   (:func:`coinseg.data.roi.paste_back`), and nothing is masked outside the organ when the store has one.
 
 For each slice the run's predictor (:mod:`coinseg.predictor`) gives the difference map |x - x_cf| / 2 in [0, 1]
-at the slice's own size; mask = map > threshold. ``--postprocess`` cleans 2-D masks as the paper does (3x3
+at the slice's own size; the lesions are its parts above ``--threshold``, each reaching as ``--extent`` says
+(:func:`coinseg.evaluation.metrics.lesion_mask`). ``--postprocess`` cleans 2-D masks as the paper does (3x3
 opening and closing, largest component) and volumes in 3-D (every 26-connected lesion of at least
 ``--min-lesion-mm3`` is kept, several per slice). ``--save-maps`` also writes the difference map of each volume
 as float NIfTI (``maps/``, for ``export-nnunet --ignore-below``); ``--dicom-seg`` writes a DICOM-SEG beside the

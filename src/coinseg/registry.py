@@ -14,7 +14,7 @@ from coinseg.errors import UsageError
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """``kind``: ``counterfactual`` (a trained run's map |x - x_cf| / 2, thresholded at ``--threshold``) or
+    """``kind``: ``counterfactual`` (a trained run's map |x - x_cf| / 2, masked by ``--threshold`` and ``--extent``) or
     ``attribution`` (a saliency map of the classifier in [0, 1], thresholded at ``--saliency-threshold``).
     ``options``: the evaluate options the method reads (``n_masks`` = ``--rise-masks``). ``demo``: run by
     ``coinseg demo``."""

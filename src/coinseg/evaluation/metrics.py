@@ -59,8 +59,10 @@ def lesion_mask(diff: np.ndarray, cut: float, extent: MaskExtent | str = MaskExt
         Boolean ``H x W`` mask.
     """
     core = diff > cut
+    if MaskExtent(extent) is MaskExtent.threshold:
+        return core
     labels, n = ndi.label(core)
-    if MaskExtent(extent) is MaskExtent.threshold or n == 0:
+    if n == 0:
         return core
     index = np.arange(1, n + 1)
     peaks = ndi.maximum(diff, labels, index)
