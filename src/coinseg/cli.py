@@ -66,8 +66,9 @@ DevicesOpt = Annotated[int, typer.Option(help="devices (processes) per node; mor
 NodesOpt = Annotated[int, typer.Option(help="machines; needs torchrun or fabric run on each (see README)")]
 StrategyOpt = Annotated[str, typer.Option(help="auto or ddp (DDP whenever more than one process)")]
 THRESHOLD_HELP = (
-    "the lesions are the parts of |x - x_cf| / 2 above it (--extent: how far each reaches): 'floor' = the run's threshold calibrated at training: the larger of its "
-    "noise floor (the change it makes on normal validation slices) and half the typical lesion's change on "
+    "the lesions are the parts of |x - x_cf| / 2 above it (--extent: how far each reaches): 'floor' = the run's "
+    "threshold calibrated at training: the larger of its noise floor (the change it makes on normal validation "
+    "slices) and half the typical lesion's change on "
     "abnormal validation slices (older runs: at least 0.25 on an organ window); 'auto' = that noise floor; or a "
     "number (the paper's 0.25)"
 )

@@ -177,11 +177,11 @@ def _volume_maps(
     affine)."""
     batch = rule.batch_size
     if job.stored is not None:
-        geometry = job.stored.geometry
-        slices = [np.asarray(job.stored.image[n], dtype=np.float32) for n in range(len(job.stored.image))]
-        organs = None if job.stored.organ is None else [np.asarray(o) for o in job.stored.organ]
+        stored = job.stored
+        slices = [np.asarray(stored.image[n], dtype=np.float32) for n in range(len(stored.image))]
+        organs = None if stored.organ is None else [np.asarray(o) for o in stored.organ]
         probs, probs_cf, diffs = model.run(slices, batch, organs, job.source)  # nothing outside the organ
-        back, affine = partial(paste_back_values, geometry), geometry.affine
+        back, affine = partial(paste_back_values, stored.geometry), stored.geometry.affine
     else:
         image = job.image
         assert image is not None and image.affine is not None
