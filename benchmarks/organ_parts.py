@@ -5,7 +5,8 @@ paired organ such as the kidneys that square spans both and the spine between th
 of 256 px on ``phantom-small-multi``), and lesions of 3-10 mm stay below visibility on the 64 px input. This
 script gives each connected component of a slice's organ (each kidney) its own square instead: side = the longest
 component bounding-box side over the training split, +10 % on each side (the rule of ``fit_crop``), centred on
-the component. It writes a *component manifest* (one row per component: the image, that component as the organ
+the component (the run's own crop, ``data.organ_margin``, then finds that square again: a wider cut is cropped
+back to it). It writes a *component manifest* (one row per component: the image, that component as the organ
 and the slice's lesion mask inside it, cut to the square; labelled with the slice's label, since no component
 label is known to a user), runs the quick profile on it through the CLI (``train-classifier``, ``train``,
 ``segment --split test``), pastes each component's mask back into its slice at the square's offsets, and scores
