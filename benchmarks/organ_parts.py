@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +41,11 @@ from coinseg.data.slices import resize
 from coinseg.evaluation.metrics import SegmentationTally
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generalization import detectability  # noqa: E402
+from generalization import coinseg, detectability  # noqa: E402
 
 SIZE = 64  # the quick profile's network input, px
 MARGIN = 0.1  # the quick profile's data.organ_margin
+NICE = 10  # the training runs' niceness, as the suite's
 
 
 def components(organ: np.ndarray) -> list[np.ndarray]:
@@ -122,19 +120,6 @@ def input_detectability(data: Path) -> dict[str, float]:
     return {key: float(np.nanmedian(np.where(np.isinf(v), np.nan, v))) for key, v in d.items()}
 
 
-def coinseg(args: list[str], log: Path, threads: int) -> float:
-    """``coinseg ARGS`` with ``threads`` OpenMP threads, output appended to ``log``; wall seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    tic = time.perf_counter()
-    with log.open("a") as handle:
-        done = subprocess.run(
-            [sys.executable, "-m", "coinseg", *args], stdout=handle, stderr=subprocess.STDOUT, env=env
-        )
-    if done.returncode != 0:
-        raise SystemExit(f"coinseg {args[0]} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - tic
-
-
 def score_slices(data: Path, records: list[dict[str, str]], segmented: Path) -> dict[str, float | None]:
     """The test slices' masks: each component's mask (``segment``'s PNG) pasted back at its box, united per slice,
     scored against the slice's lesion mask."""
@@ -175,18 +160,12 @@ def main() -> None:
         settings.seed = args.seed
         save_settings(settings, work / "settings.yaml")
         cpu += ["--config", str(work / "settings.yaml")]
-    seconds = {
-        "classifier": coinseg(
-            ["train-classifier", str(manifest), "--out", str(work / "clf"), *cpu, "--max-minutes", str(args.minutes)],
-            log,
-            args.threads,
-        )
-    }
+    clf_args = ["train-classifier", str(manifest), "--out", str(work / "clf"), *cpu, "--max-minutes", str(args.minutes)]
+    seconds = {"classifier": coinseg(clf_args, log, NICE, args.threads)}
     train = ["train", str(manifest), "--classifier", str(work / "clf"), "--out", str(work / "gan"), *cpu]
-    seconds["gan"] = coinseg([*train, "--max-minutes", str(args.minutes)], log, args.threads)
+    seconds["gan"] = coinseg([*train, "--max-minutes", str(args.minutes)], log, NICE, args.threads)
     segment = ["segment", str(work / "gan"), str(manifest), "--split", "test", "--out", str(work / "seg")]
-    segment += ["--device", "cpu"]
-    seconds["segment"] = coinseg(segment, log, args.threads)
+    seconds["segment"] = coinseg([*segment, "--device", "cpu"], log, NICE, args.threads)
     summary = score_slices(args.data, records, work / "seg")
     clf = json.loads((work / "clf" / "test_metrics.json").read_text())["test"]
     result = {"slices": summary, "component_auroc": clf["auroc"], "seconds": seconds, "components": len(records)}
