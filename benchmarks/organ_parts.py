@@ -152,8 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    manifest, records = write_parts(args.data, work / "data")  # first: it says so when no organ is given
     print("lesion detectability d on the 64 px input (median):", input_detectability(args.data))
-    manifest, records = write_parts(args.data, work / "data")
     log, cpu = work / "log.txt", ["--device", "cpu"]
     if args.seed:
         settings = profile_settings("quick")
