@@ -67,6 +67,8 @@ def write_parts(data: Path, out: Path) -> tuple[Path, list[dict[str, str]]]:
     """Write the component manifest ``out/manifest.csv`` (and its arrays) from ``data``; return it and one record
     per component row: its slice's row number (``slice``, 0-based in ``data``'s manifest) and its box."""
     rows = read_rows(data)
+    if any(not r.get("organ") for r in rows):
+        raise SystemExit(f"{data / 'manifest.csv'}: every row needs an organ mask (the organ column)")
     crop = fit_crop([c for r in rows if r["split"] == "train" for c in components(load(data, r["organ"]) > 0)], MARGIN)
     if crop is None:
         raise SystemExit(f"{data}: no training slice holds an organ pixel")
