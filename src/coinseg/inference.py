@@ -253,6 +253,7 @@ def segment(
     ``upsample``: how maps are resized back to the slices (:mod:`coinseg.data.upsample`).
     ``extent``: how far each lesion the threshold finds reaches (:class:`~coinseg.config.MaskExtent`)."""
     parsed = parse_threshold(threshold)
+    extent = MaskExtent(extent)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     if not min_lesion_mm3 >= 0:
@@ -260,7 +261,7 @@ def segment(
     check_empty_target(out_dir)  # before the model is loaded and every input read; again at the end
     model = load_predictor(run_dir, device, upsample)
     rule = MaskRule(
-        model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate, MaskExtent(extent)
+        model.threshold(parsed), postprocess, min_lesion_mm3, save_maps, dicom_seg, batch_size, gate, extent
     )
     jobs = collect_jobs(source, split)
     for job in jobs:

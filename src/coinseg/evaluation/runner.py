@@ -186,6 +186,7 @@ def evaluate(
     bilinear; :mod:`coinseg.data.upsample`). ``extent``: how far a counterfactual map's lesion reaches
     (:class:`~coinseg.config.MaskExtent`); attribution maps are cut at ``saliency_threshold``."""
     parsed = parse_threshold(threshold)
+    extent = MaskExtent(extent)
     check_empty_target(out_dir)  # before any work; again at the end
     model = load_predictor(run_dir, device, upsample)
     models: dict[str, Predictor] = {model.maps.name: model}
@@ -276,7 +277,7 @@ def evaluate(
             sized = confine_maps(sized, organs)  # as `segment` writes them: nothing outside the organ
             if gate:  # as `segment` writes them: no mask where f calls the slice normal
                 sized = gate_maps(sized, probs)
-            reach = MaskExtent(extent) if entry["kind"] == "counterfactual" else MaskExtent.threshold
+            reach = extent if entry["kind"] == "counterfactual" else MaskExtent.threshold
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned, polarity, reach)
             entry.update(
                 threshold=cut,
