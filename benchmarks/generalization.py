@@ -271,15 +271,15 @@ def run_folder(root: Path, seed: int) -> Path:
     return root if seed == 0 else root / f"seed-{seed}"
 
 
-def run_settings(folder: Path, seed: int, clf_steps: int | None) -> list[str]:
+def run_settings(folder: Path, seed: int, clf_steps: int | None, base: Path | None = None) -> list[str]:
     """``--config`` arguments for a run with training seed ``seed`` and ``clf_steps`` classifier steps: none for
-    the quick profile as it is (seed 0, the profile's steps), else the quick profile with those two changed,
-    written to ``folder/settings.yaml``."""
-    if seed == 0 and clf_steps is None:
+    the quick profile as it is (seed 0, the profile's steps, no ``base``), else the quick profile (under the
+    settings YAML ``base`` when given) with those two changed, written to ``folder/settings.yaml``."""
+    if seed == 0 and clf_steps is None and base is None:
         return []
-    from coinseg.config import profile_settings, save_settings
+    from coinseg.config import load_settings, profile_settings, save_settings
 
-    settings = profile_settings("quick")
+    settings = profile_settings("quick") if base is None else load_settings(base, "quick")
     settings.seed = seed
     if clf_steps is not None:
         settings.classifier.max_steps = clf_steps
@@ -306,7 +306,7 @@ def run_member(member: Member, root: Path, args: argparse.Namespace, seed: int =
         for tag in ("default", "auto"):
             shutil.rmtree(run / f"eval-{tag}", ignore_errors=True)
     cpu = ["--device", "cpu"]
-    config = run_settings(run, seed, args.clf_steps)
+    config = run_settings(run, seed, args.clf_steps, args.config)
     if not (run / "clf" / "test_metrics.json").exists():
         clf_args = ["train-classifier", str(manifest), "--out", str(run / "clf"), *cpu, *config]
         clf_args += ["--max-minutes", str(args.clf_minutes)]
@@ -512,7 +512,7 @@ def diagnose(run: Path, manifest: Path) -> dict[str, Any]:
     from coinseg.data.normalise import normalise
     from coinseg.data.slices import load_mask, read_entry
     from coinseg.evaluation.metrics import difference_map
-    from coinseg.predictor import load_predictor
+    from coinseg.predictor import load_predictor, merge_maps
 
     model = load_predictor(run / "gan", "cpu")
     every = read_manifest(manifest)
@@ -522,16 +522,24 @@ def diagnose(run: Path, manifest: Path) -> dict[str, Any]:
     gts = [load_mask(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
     organs = model.entry_organs(entries, arrays)
     out: dict[str, Any] = {"lesions": lesions_found(model, arrays, cleans, gts, organs)}
-    boxes = model.boxes(organs)
-    arrays, cleans = model.seen(arrays, organs), model.seen(cleans, organs)  # as the networks see them
-    x, x_clean = model.inputs(arrays, boxes), model.inputs(cleans, boxes)
+    inputs, regions, owner = model.expand(arrays, organs)  # one per slice, or per organ component (by parts)
+    boxes = model.boxes(regions)
+    shown, shown_clean = model.seen(inputs, regions), model.seen([cleans[i] for i in owner], regions)  # as seen
+    x, x_clean = model.inputs(shown, boxes), model.inputs(shown_clean, boxes)
     with torch.no_grad():
         x_cf = torch.cat([model.maps.counterfactual(x[i : i + 64]) for i in range(0, len(x), 64)])
-    guides = model.guides(arrays, boxes)
-    oracle = model.to_slices(difference_map(x, x_clean), x, arrays, boxes, guides)  # resized as `segment` does
+    guides = model.guides(shown, boxes)
+
+    def per_slice(maps: torch.Tensor) -> list[np.ndarray]:  # resized and merged as `segment` does
+        return merge_maps(model.to_slices(maps, x, shown, boxes, guides), owner, len(arrays))
+
+    oracle = per_slice(difference_map(x, x_clean))
+    arrays, cleans = model.seen(arrays, organs), model.seen(cleans, organs)  # each slice blanked outside its organ
     normed = [(normalise(a, model.window), normalise(c, model.window)) for a, c in zip(arrays, cleans, strict=True)]
     native = [np.abs(a - c) / 2 for a, c in normed]
-    coin = model.to_slices(difference_map(x, x_cf), x, arrays, boxes, guides)
+    coin = per_slice(difference_map(x, x_cf))
+    lesioned = (x - x_clean).flatten(1).abs().amax(1) > 0  # inputs holding a lesion (all, unless by parts)
+    x, x_clean = x[lesioned], x_clean[lesioned]
     candidates = [("oracle", oracle), ("oracle_native", native), ("coin", coin)]
     train_organs = [read_entry(e, e.organ) > 0 for e in every if e.split == "train" and e.organ is not None]
     if train_organs and len({o.shape for o in train_organs + gts}) == 1:
@@ -576,10 +584,8 @@ def lesions_found(
     classifier's."""
     from scipy import ndimage
 
-    from coinseg.predictor import gate_maps
-
-    probs, _, maps = model.run(arrays, organs=organs)
-    masks = [m > model.threshold("floor") for m in gate_maps(maps, probs)]
+    _, _, maps = model.run(arrays, organs=organs, gate=True)
+    masks = [m > model.threshold("floor") for m in maps]
     singles, owners, rows = [], [], []
     for i, (a, c, g) in enumerate(zip(arrays, cleans, gts, strict=True)):
         components, n = ndimage.label(g)
@@ -716,6 +722,13 @@ def main() -> None:
         default="0",
         help="comma-separated training seeds; each trains the classifier and the GAN again (seed N in M/seed-N, "
         "seed 0 in M), and a summary over the seeds follows the tables",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a settings YAML over the quick profile for every run (its seed is replaced by --seeds'), e.g. a "
+        "setting to measure against the defaults; use another --work, since finished runs are kept",
     )
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument(

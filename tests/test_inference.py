@@ -187,11 +187,14 @@ def test_gate_leaves_slices_called_normal_without_a_mask(
     _kits_study(tmp_path / "kits")
     prepare_study(tmp_path / "kits", tmp_path / "ds", PrepareOptions(), lambda _: None)
 
-    def every_other(self: Predictor, arrays: list[np.ndarray], batch: int = 64, *_: object, **__: object):  # noqa: ANN202
-        probs = np.arange(len(arrays)) % 2 * 1.0  # slices 1, 3, 5, ... called abnormal
-        return probs, np.zeros(len(arrays)), [np.ones(a.shape, np.float32) for a in arrays]
+    def every_other(self: Predictor, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+        return np.arange(len(images)) % 2 * 1.0  # slices 1, 3, 5, ... called abnormal
 
-    monkeypatch.setattr(Predictor, "run", every_other)
+    def ones(self: Predictor, maps: torch.Tensor, x: torch.Tensor, arrays: list[np.ndarray], *_: object) -> list:
+        return [np.ones(a.shape, np.float32) for a in arrays]  # every pixel a lesion before the gate
+
+    monkeypatch.setattr(Predictor, "probs", every_other)
+    monkeypatch.setattr(Predictor, "to_slices", ones)
     gated, open_ = tmp_path / "gated", tmp_path / "open"
     segment(coin_run, tmp_path / "ds", gated, split="all", device="cpu", save_maps=True)
     segment(coin_run, tmp_path / "ds", open_, split="all", device="cpu", gate=False, save_maps=True)

@@ -56,7 +56,7 @@ from coinseg.io.images import (
     write_nifti,
     write_png_mask,
 )
-from coinseg.predictor import Predictor, gate_maps, load_predictor, parse_threshold
+from coinseg.predictor import Predictor, load_predictor, parse_threshold
 from coinseg.runtime.console import console, progress_bar
 
 # the contract's five columns first (other tools read them by position too), then the volume columns
@@ -165,10 +165,6 @@ def collect_jobs(source: Path, split: str) -> list[Job]:
     return [Job(_safe(_strip_suffix(source.name)), str(source), read_standalone(source))]
 
 
-def _gated(diffs: list[np.ndarray], probs: np.ndarray, gate: bool) -> list[np.ndarray]:
-    return gate_maps(diffs, probs) if gate else diffs
-
-
 def _volume_maps(
     model: Predictor, job: Job, rule: MaskRule
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray], np.ndarray]:
@@ -180,14 +176,14 @@ def _volume_maps(
         stored = job.stored
         slices = [np.asarray(stored.image[n], dtype=np.float32) for n in range(len(stored.image))]
         organs = None if stored.organ is None else [np.asarray(o) for o in stored.organ]
-        probs, probs_cf, diffs = model.run(slices, batch, organs, job.source)  # nothing outside the organ
+        probs, probs_cf, diffs = model.run(slices, batch, organs, job.source, rule.gate)  # nothing outside the organ
         back, affine = partial(paste_back_values, stored.geometry), stored.geometry.affine
     else:
         image = job.image
         assert image is not None and image.affine is not None
-        probs, probs_cf, diffs = model.run(list(image.array), batch, source=job.source)
+        probs, probs_cf, diffs = model.run(list(image.array), batch, source=job.source, gate=rule.gate)
         back, affine = partial(to_source_volume, image=image), image.affine
-    return probs, probs_cf, np.stack(_gated(diffs, probs, rule.gate)), back, affine
+    return probs, probs_cf, np.stack(diffs), back, affine
 
 
 def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
@@ -217,8 +213,8 @@ def _segment_volume(model: Predictor, job: Job, rule: MaskRule, out: Path) -> di
 def _segment_slice(model: Predictor, job: Job, rule: MaskRule, out: Path) -> dict[str, str | int]:
     assert job.image is not None
     organs = None if job.entry is None else model.entry_organs([job.entry], [job.image.array])
-    probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size, organs, job.source)
-    mask = rule.masks(np.stack(_gated(diffs, probs, rule.gate)))[0]
+    probs, probs_cf, diffs = model.run([job.image.array], rule.batch_size, organs, job.source, rule.gate)
+    mask = rule.masks(np.stack(diffs))[0]
     if rule.postprocess:
         mask = clean_mask(mask)
     rel = f"masks/{job.name}.png"

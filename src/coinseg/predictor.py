@@ -6,7 +6,13 @@ For 2-D slices: blanked outside the organ when the run's networks saw only the o
 (:mod:`coinseg.data.crop`; the slice's organ mask is needed for either), normalise with the run's window,
 resize to the run's size, x_cf = I(x, c), difference map |x - x_cf| / 2 resized back to the box or the whole
 slice (guided by the slice, or bilinear: :mod:`coinseg.data.upsample`), pasted into a zero map of the slice's
-size, and zero outside the slice's organ when it has an organ mask (lesions are looked for inside the organ, as on a ``coinseg prepare`` dataset).
+size, and zero outside the slice's organ when it has an organ mask (lesions are looked for inside the organ, as on
+a ``coinseg prepare`` dataset).
+
+A run whose crop is by parts (``data.organ_parts``) makes one input per connected component of a slice's organ
+(:meth:`Predictor.expand`); each input is gated by its own f(x) and a slice's map is the pixel-wise maximum of
+its inputs' maps (:func:`merge_maps`), its f(x) and f(x_cf) the largest of theirs
+(:func:`coinseg.data.crop.slice_max`). Every other run has one input per slice, and these steps change nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from torch import nn
 
 from coinseg.attribution.counterfactual import CounterfactualMaps
 from coinseg.config import DeviceChoice, MapUpsample
-from coinseg.data.crop import Box, OrganCrop, blank_outside
+from coinseg.data.crop import Box, OrganCrop, blank_outside, slice_max
 from coinseg.data.manifest import Entry
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import read_organ, slice_tensor
@@ -112,6 +118,20 @@ class Predictor:
         without one."""
         return [None if e.organ is None else read_organ(e, a.shape) for e, a in zip(entries, arrays, strict=True)]
 
+    def expand(
+        self, arrays: list[np.ndarray], organs: Sequence[np.ndarray | None] | None, source: str = "the input"
+    ) -> tuple[list[np.ndarray], Sequence[np.ndarray | None] | None, np.ndarray]:
+        """The network inputs of N raw 2-D slices: (each input's slice, each input's organ region, ``owner``: M
+        ints, the slice of each input). One input per slice (``arrays`` and ``organs`` as they are) unless the
+        run's crop is by parts: then one per connected component of each slice's organ (nonzero = organ;
+        :meth:`coinseg.data.crop.OrganCrop.regions`), which every slice then needs (an error naming ``source``)."""
+        if self.crop is None or not self.crop.parts:
+            return arrays, organs, np.arange(len(arrays))
+        every = _every_organ(organs, f"{source}: this run was trained on organ-centred crops and needs")
+        regions = [self.crop.regions(organ) for organ in every]
+        owner = np.repeat(np.arange(len(arrays)), [len(r) for r in regions])
+        return [arrays[i] for i in owner], [region for split in regions for region in split], owner
+
     def seen(
         self, arrays: list[np.ndarray], organs: Sequence[np.ndarray | None] | None, source: str = "the input"
     ) -> list[np.ndarray]:
@@ -169,22 +189,33 @@ class Predictor:
         batch: int = 64,
         organs: Sequence[np.ndarray | None] | None = None,
         source: str = "the input",
+        gate: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1]).
-        ``organs``: each slice's organ mask (nonzero = organ) or None; an organ-only or cropping run needs every
-        one, and a map is zero outside its slice's organ (:func:`confine_maps`)."""
-        boxes = self.boxes(organs, source)
+        """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1]), per
+        slice (over its inputs, :meth:`expand`: the largest f, the pixel-wise maximum of the maps). ``organs``: each
+        slice's organ mask (nonzero = organ) or None; an organ-only or cropping run needs every one, and a map is
+        zero outside its slice's organ (:func:`confine_maps`). ``gate``: an input's map is zero where f calls that
+        input normal (the classifier gate, :func:`gate_maps`)."""
+        inputs, regions, owner = self.expand(arrays, organs, source)
+        boxes = self.boxes(regions, source)
         p, p_cf, diffs = [], [], []
-        for start in range(0, len(arrays), batch):
-            chunk_organs = None if organs is None else organs[start : start + batch]
-            chunk = self.seen(arrays[start : start + batch], chunk_organs, source)  # blanked chunk by chunk
+        for start in range(0, len(inputs), batch):
+            chunk_regions = None if regions is None else regions[start : start + batch]
+            chunk = self.seen(inputs[start : start + batch], chunk_regions, source)  # blanked chunk by chunk
             chunk_boxes = None if boxes is None else boxes[start : start + batch]
             x = self.inputs(chunk, chunk_boxes).to(self.device)
             x_cf = self.maps.counterfactual(x)
             p.append(self.probs(x, batch))
             p_cf.append(self.probs(x_cf, batch))
-            diffs.extend(self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes))
-        return np.concatenate(p), np.concatenate(p_cf), confine_maps(diffs, organs)
+            sized = self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes)
+            diffs.extend(gate_maps(sized, p[-1]) if gate else sized)
+        n = len(arrays)
+        maps = merge_maps(diffs, owner, n)
+        return (
+            slice_max(np.concatenate(p), owner, n),
+            slice_max(np.concatenate(p_cf), owner, n),
+            confine_maps(maps, organs),
+        )
 
 
 def _every_organ(organs: Sequence[np.ndarray | None] | None, needs: str) -> list[np.ndarray]:
@@ -200,6 +231,18 @@ def _every_organ(organs: Sequence[np.ndarray | None] | None, needs: str) -> list
 def _cut(arrays: list[np.ndarray], boxes: list[Box] | None) -> list[np.ndarray]:
     """``arrays`` cut to their ``boxes`` (as they are when None)."""
     return arrays if boxes is None else [OrganCrop.cut(a, box) for a, box in zip(arrays, boxes, strict=True)]
+
+
+def merge_maps(maps: list[np.ndarray], owner: np.ndarray, n: int) -> list[np.ndarray]:
+    """The maps of M network inputs (each at its slice's size) -> one per slice: the pixel-wise maximum over the
+    inputs ``owner`` (M ints in [0, n)) gives to it; a slice with one input keeps its map as it is."""
+    out: list[np.ndarray | None] = [None] * n
+    for m, i in zip(maps, owner, strict=True):
+        kept = out[i]
+        out[i] = m if kept is None else np.maximum(kept, m)
+    if any(m is None for m in out):
+        raise ValueError("a slice has no network input")
+    return [m for m in out if m is not None]
 
 
 def gate_maps(maps: list[np.ndarray], probs: np.ndarray) -> list[np.ndarray]:

@@ -19,6 +19,12 @@ is cut at that size around the centre of its own organ's bounding box (the image
 no organ pixel), shifted to lie inside the image and clipped to the image where the image is smaller. The box
 is then resized to the network size like a whole slice (square, so undistorted unless clipped).
 
+With ``data.organ_parts`` as well, each connected component of a slice's organ (each kidney of a pair) is a
+network input of its own: the box's side is the longest training *component* extent, +margin, and each component's
+box is centred on that component (:meth:`OrganCrop.regions`). For a paired organ the whole-organ box spans both
+and the space between them (188 of 256 px on the generalization suite's small-lesion member), so it hardly
+magnifies; one box per kidney magnifies 2-4x more (``benchmarks/RESULTS.md``, *One input per organ component*).
+
 The way back (:meth:`OrganCrop.paste`): a map at the box's resolution goes back into a zero map of the slice's
 own size at the box's integer pixel offsets, so a pixel (r, c) of the box is pixel (r + top, c + left) of the
 slice, exactly. Slices of a ``coinseg prepare`` store are organ-centred by ``prepare`` already (with a margin in
@@ -47,10 +53,22 @@ def blank_outside(array: np.ndarray, organ: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OrganCrop:
-    """Box size in pixels: ``height`` x ``width`` (at least 1 each)."""
+    """Box size in pixels: ``height`` x ``width`` (at least 1 each); ``parts``: one box per connected component of
+    a slice's organ instead of one around the whole organ."""
 
     height: int
     width: int
+    parts: bool = False
+
+    def regions(self, organ: np.ndarray) -> list[np.ndarray]:
+        """What each network input of a slice is about, from its organ mask (H x W, nonzero = organ), as bool
+        masks of its shape: the whole organ (one input); with ``parts``, each 4-connected component of it, in
+        scan order (one input each; the whole, empty organ when it has no pixel)."""
+        whole = organ != 0
+        if not self.parts:
+            return [whole]
+        labelled, n = ndimage.label(whole)
+        return [labelled == i for i in range(1, n + 1)] or [whole]
 
     def box(self, organ: np.ndarray) -> Box:
         """The box of one slice, from its organ mask (H x W, nonzero = organ): centred on the organ's bounding
@@ -81,26 +99,45 @@ class OrganCrop:
         out[top : top + h, left : left + w] = values
         return out
 
-    def to_json(self) -> list[int]:
-        return [self.height, self.width]
+    def to_json(self) -> dict[str, int | bool]:
+        return {"height": self.height, "width": self.width, "parts": self.parts}
 
     @classmethod
-    def from_json(cls, value: list[int] | None) -> OrganCrop | None:
-        return None if value is None else cls(int(value[0]), int(value[1]))
+    def from_json(cls, value: dict[str, int | bool] | list[int] | None) -> OrganCrop | None:
+        """The crop a checkpoint records: None (whole slices), a dict (:meth:`to_json`), or [height, width] (runs
+        trained before ``parts``)."""
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return cls(int(value[0]), int(value[1]))
+        return cls(int(value["height"]), int(value["width"]), bool(value.get("parts", False)))
 
 
-def fit_crop(organs: Iterable[np.ndarray], margin: float) -> OrganCrop | None:
+def slice_max(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Per slice, the largest of its inputs' ``values`` (M, float): ``owner`` (M ints in [0, n)) is each input's
+    slice; every slice must own at least one input (each has one region at least, :meth:`OrganCrop.regions`)."""
+    out = np.full(n, -np.inf, dtype=values.dtype)
+    np.maximum.at(out, owner, values)
+    if np.isneginf(out).any():
+        raise ValueError("a slice has no network input")
+    return out
+
+
+def fit_crop(organs: Iterable[np.ndarray], margin: float, parts: bool = False) -> OrganCrop | None:
     """The box size for a run: a square whose side is the longest organ bounding-box side over ``organs`` (H x W
-    masks of the training slices), widened by ``margin`` (a fraction of it) on both sides and rounded up. Square,
-    so the network sees the organ undistorted: a box of the organs' own aspect (e.g. 53 x 168 px for two
-    kidneys), squeezed to the network's square input, let the GAN hide lesions by re-lighting the whole organ
-    (``benchmarks/RESULTS.md``). None when no slice holds an organ pixel."""
+    masks of the training slices; with ``parts``, over each one's connected components, :meth:`OrganCrop.regions`),
+    widened by ``margin`` (a fraction of it) on both sides and rounded up. Square, so the network sees the organ
+    undistorted: a box of the organs' own aspect (e.g. 53 x 168 px for two kidneys), squeezed to the network's
+    square input, let the GAN hide lesions by re-lighting the whole organ (``benchmarks/RESULTS.md``). None when no
+    slice holds an organ pixel."""
     height = width = 0
+    splitter = OrganCrop(1, 1, parts)
     for organ in organs:
-        rows, cols = np.flatnonzero(organ.any(axis=1)), np.flatnonzero(organ.any(axis=0))
-        if rows.size:
-            height, width = max(height, int(rows[-1] - rows[0] + 1)), max(width, int(cols[-1] - cols[0] + 1))
+        for region in splitter.regions(organ):
+            rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+            if rows.size:
+                height, width = max(height, int(rows[-1] - rows[0] + 1)), max(width, int(cols[-1] - cols[0] + 1))
     if not height:
         return None
     side = int(np.ceil(max(height, width) * (1 + 2 * margin)))
-    return OrganCrop(side, side)
+    return OrganCrop(side, side, parts)

@@ -42,6 +42,7 @@ def prepare_data(
     window_from: str | None = "given",
     organ_only: bool = False,
     floor_margin: float = 0.0,
+    organ_parts: bool = False,
 ) -> Prepared:
     """Read and validate ``manifest``, compute the window from the training split (unless ``window`` is given,
     e.g. the classifier's, which a GAN must reuse, with ``window_from`` saying where it came from) and load every
@@ -50,7 +51,8 @@ def prepare_data(
     Organ-centred crop: ``crop`` given (the classifier's, for a GAN) is used as it is; else, with
     ``organ_margin`` not None and an organ mask on every row of a plain manifest (not a ``coinseg prepare``
     store, whose slices are organ-centred already), a box is fitted on the training split
-    (:func:`coinseg.data.crop.fit_crop`). ``organ_only``: blank every slice outside its organ when every row has
+    (:func:`coinseg.data.crop.fit_crop`), one per component of each slice's organ with ``organ_parts``
+    (:meth:`coinseg.data.crop.OrganCrop.regions`; each split then has one input per component). ``organ_only``: blank every slice outside its organ when every row has
     an organ mask (else whole slices); a window computed here then has its floor lowered by ``floor_margin``
     times its width (a given window, e.g. the classifier's, is used as it is), so that tissue darker than the
     organ is not set to the floor that the blanked outside is. ``notes``: what the run log should say (a held-out
@@ -77,9 +79,12 @@ def prepare_data(
             + lowered_by
         )
     if crop is None and organ_margin is not None and every_organ and not from_store(entries):
-        crop = fit_entries_crop(train, organ_margin)
+        crop = fit_entries_crop(train, organ_margin, organ_parts)
     if crop is not None:
-        notes.append(f"organ-centred crop: {crop.height} x {crop.width} px around each slice's organ")
+        around = (
+            "each connected component of each slice's organ (one input each)" if crop.parts else "each slice's organ"
+        )
+        notes.append(f"organ-centred crop: {crop.height} x {crop.width} px around {around}")
     sets = {}
     with progress_bar("loading slices", len(train) + len(val) + len(test)) as (progress, task):
         for name, chosen in (("train", train), ("val", val), ("test", test)):

@@ -1,7 +1,7 @@
 """Manifest entries -> in-memory slice tensors at the profile size (a frozen, pre-extracted slice set).
 
 All slices of a split are read once, cut to the run's organ-centred box when it has one
-(:mod:`coinseg.data.crop`), normalised with the stored window and resized to ``size x size`` (bilinear,
+(:mod:`coinseg.data.crop`; one input per component of the slice's organ when the crop is by parts), normalised with the stored window and resized to ``size x size`` (bilinear,
 antialiased; the aspect ratio is not kept, as in the paper). Original sizes are kept so masks can be mapped back
 to each input's own resolution.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from coinseg.data.crop import OrganCrop, blank_outside, fit_crop
+from coinseg.data.crop import OrganCrop, blank_outside, fit_crop, slice_max
 from coinseg.data.manifest import Entry, ManifestError
 from coinseg.data.normalise import fingerprint_window, normalise
 from coinseg.io.images import Image, ImageReadError, intensity_for, read_image, suffix_of
@@ -32,7 +32,8 @@ WINDOW_SLICES = 2000
 
 class LazySlices:
     """N x 1 x S x S float32 in [-1, 1], read on indexing: ``view[idx]`` with a LongTensor of indices, a slice
-    or an int (like a tensor: B x 1 x S x S, or 1 x S x S for an int); ``len(view)`` = N."""
+    or an int (like a tensor: B x 1 x S x S, or 1 x S x S for an int); ``len(view)`` = N. Input i is region
+    ``parts[i]`` of ``entries[i]`` (:meth:`coinseg.data.crop.OrganCrop.regions`)."""
 
     def __init__(
         self,
@@ -41,8 +42,10 @@ class LazySlices:
         window: tuple[float, float] | None,
         crop: OrganCrop | None = None,
         organ_only: bool = False,
+        parts: list[int] | None = None,
     ) -> None:
         self.entries, self.size, self.window, self.crop, self.organ_only = entries, size, window, crop, organ_only
+        self.parts = parts or [0] * len(entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -53,15 +56,17 @@ class LazySlices:
         positions = range(len(self.entries))[index] if isinstance(index, slice) else index.tolist()
         out = torch.empty(len(positions), 1, self.size, self.size)
         for i, position in enumerate(positions):
-            out[i] = entry_tensor(self.entries[position], self.size, self.window, self.crop, self.organ_only)[0]
+            entry, part = self.entries[position], self.parts[position]
+            out[i] = entry_tensor(entry, self.size, self.window, self.crop, self.organ_only, part)[0]
         return out
 
 
 @dataclass
 class SliceSet:
-    """``images``: N x 1 x S x S float32 in [-1, 1] (a tensor, or a :class:`LazySlices` view for large stores);
-    ``labels``: N float32 in {0, 1}; ``shapes``: original (H, W) of each slice; ``entries``: the manifest entries
-    in the same order."""
+    """N network inputs: ``images``: N x 1 x S x S float32 in [-1, 1] (a tensor, or a :class:`LazySlices` view
+    for large stores); ``labels``: N float32 in {0, 1}; ``shapes``: original (H, W) of each input's slice;
+    ``entries``: each input's manifest entry (one per entry, or one per component of its organ when the crop is
+    by parts: the entry repeated, with its label)."""
 
     images: torch.Tensor | LazySlices
     labels: torch.Tensor
@@ -70,6 +75,19 @@ class SliceSet:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def per_slice(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(label, largest value) of each slice, from ``values`` (one per input, N): the maximum over a slice's
+        inputs (the components of its organ when the crop is by parts; one input per slice otherwise, returned as
+        they are), slices in the order of their first input."""
+        keys = [(e.row, e.slice) for e in self.entries]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        if len(first) == len(keys):
+            return self.labels.numpy(), values
+        order = {key: n for n, key in enumerate(sorted(first, key=first.__getitem__))}
+        owner = np.array([order[key] for key in keys])
+        labels = self.labels.numpy()[sorted(first.values())]
+        return labels, slice_max(values, owner, len(order))
 
 
 @lru_cache(maxsize=4)
@@ -120,9 +138,9 @@ def read_organ(entry: Entry, shape: tuple[int, ...]) -> np.ndarray:
     return organ
 
 
-def fit_entries_crop(train: list[Entry], margin: float) -> OrganCrop | None:
+def fit_entries_crop(train: list[Entry], margin: float, parts: bool = False) -> OrganCrop | None:
     """The organ-centred box for a run (:func:`coinseg.data.crop.fit_crop`) from every training row's organ."""
-    return fit_crop((read_organ(e, _shape(e)) for e in train), margin)
+    return fit_crop((read_organ(e, _shape(e)) for e in train), margin, parts)
 
 
 def resize(batch: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -143,18 +161,24 @@ def load_slices(
     organ_only: bool = False,
 ) -> SliceSet:
     """Read, blank outside the organ (``organ_only``), crop (with ``crop``), normalise (``window`` None = grey
-    values) and resize every entry to ``size x size``; a large split of ``.npy`` files becomes a
-    :class:`LazySlices` view instead (nothing read but the array headers)."""
+    values) and resize every entry to ``size x size`` (each component of its organ, when ``crop`` is by parts);
+    a large split of ``.npy`` files becomes a :class:`LazySlices` view instead (nothing read but the array
+    headers, and the organ masks when the crop is by parts)."""
+    parts: list[int] = []
+    if crop is not None and crop.parts:
+        inputs = [(e, k) for e in entries for k in range(len(crop.regions(read_organ(e, _shape(e)))))]
+        entries, parts = [e for e, _ in inputs], [k for _, k in inputs]
     labels = torch.tensor([float(e.label) for e in entries])
     if len(entries) * size * size * 4 > LAZY_BYTES and all(suffix_of(e.image) == ".npy" for e in entries):
         shapes = [_shape(e) for e in entries]
         if progress is not None:
             progress(len(entries))
-        return SliceSet(LazySlices(list(entries), size, window, crop, organ_only), labels, shapes, list(entries))
+        lazy = LazySlices(list(entries), size, window, crop, organ_only, parts)
+        return SliceSet(lazy, labels, shapes, list(entries))
     images = torch.empty(len(entries), 1, size, size)
     shapes = []
     for i, entry in enumerate(entries):
-        images[i], shape = entry_tensor(entry, size, window, crop, organ_only)
+        images[i], shape = entry_tensor(entry, size, window, crop, organ_only, parts[i] if parts else 0)
         shapes.append(shape)
         if progress is not None:
             progress(1)
@@ -162,13 +186,21 @@ def load_slices(
 
 
 def entry_tensor(
-    entry: Entry, size: int, window: tuple[float, float] | None, crop: OrganCrop | None, organ_only: bool = False
+    entry: Entry,
+    size: int,
+    window: tuple[float, float] | None,
+    crop: OrganCrop | None,
+    organ_only: bool = False,
+    part: int = 0,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """One entry -> (1 x S x S network input in [-1, 1], the slice's own (H, W)); blanked outside its organ
-    (``organ_only``, :func:`coinseg.data.crop.blank_outside`) and cut to the organ's box (``crop``) first."""
+    (``organ_only``, :func:`coinseg.data.crop.blank_outside`) and cut to the organ's box (``crop``) first; with a
+    crop by parts, outside and around component ``part`` of the organ (:meth:`OrganCrop.regions`)."""
     array = read_entry(entry)
     shape = (int(array.shape[0]), int(array.shape[1]))
     organ = read_organ(entry, shape) if crop is not None or organ_only else None
+    if organ is not None and crop is not None:
+        organ = crop.regions(organ)[part]
     if organ is not None and organ_only:
         array = blank_outside(array, organ)
     if organ is not None and crop is not None:

@@ -25,6 +25,7 @@ import torch
 from coinseg import __version__
 from coinseg.attribution import build_attributor
 from coinseg.config import DeviceChoice, MapUpsample, MaskExtent
+from coinseg.data.crop import slice_max
 from coinseg.data.manifest import Entry, read_manifest, select_split
 from coinseg.data.normalise import normalise
 from coinseg.data.slices import load_mask, read_entry
@@ -50,7 +51,7 @@ from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
 from coinseg.io.files import atomic_dir, check_empty_target
 from coinseg.io.images import KIND_NAMES, intensity_for
-from coinseg.predictor import Predictor, confine_maps, gate_maps, load_predictor, parse_threshold
+from coinseg.predictor import Predictor, confine_maps, gate_maps, load_predictor, merge_maps, parse_threshold
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
 from coinseg.reporting.montage import lesion_montage
@@ -213,11 +214,13 @@ def evaluate(
     labels = np.array([e.label for e in entries])
     polarity = [lesion_polarity(a, g) for a, g in zip(arrays, gts, strict=True)]
     organs = model.entry_organs(entries, arrays)
-    boxes = model.boxes(organs, str(manifest))
-    shown = model.seen(arrays, organs, str(manifest))
+    inputs, regions, owner = model.expand(arrays, organs, str(manifest))  # one input per slice, or per component
+    boxes = model.boxes(regions, str(manifest))
+    shown = model.seen(inputs, regions, str(manifest))
     x = model.inputs(shown, boxes)
     guides = model.guides(shown, boxes)  # shared by every method's maps
-    probs = model.probs(x, batch_size)
+    probs_in = model.probs(x, batch_size)
+    probs = slice_max(probs_in, owner, len(entries))
     accuracy, auroc = accuracy_auroc(labels, probs)
     auroc_p = auroc_p_value(labels, probs)
     n_abnormal, n_normal = int((labels == 1).sum()), int((labels == 0).sum())
@@ -251,7 +254,7 @@ def evaluate(
                 x_cf = _batched(cf_model.maps.counterfactual, x, cf_model.device, batch_size)
                 maps = difference_map(x, x_cf)
                 seconds = time.perf_counter() - tic
-                probs_cf = model.probs(x_cf, batch_size)
+                probs_cf = slice_max(model.probs(x_cf, batch_size), owner, len(entries))
                 cut = cf_model.threshold(parsed)
                 if isinstance(parsed, str):
                     notes.append(f"{name}: threshold {parsed} = {cut:.3f} (see --threshold)")
@@ -264,7 +267,7 @@ def evaluate(
                     "flip_rate": flip_rate(probs, probs_cf),
                 }
                 if extractor is not None:
-                    entry.update(_fid_scores(extractor, (x + 1) / 2, (x_cf + 1) / 2, labels))
+                    entry.update(_fid_scores(extractor, (x + 1) / 2, (x_cf + 1) / 2, labels[owner]))
             else:
                 chosen = {key: options[key] for key in spec.options}
                 attributor = build_attributor(name, model.classifier, **chosen)
@@ -273,10 +276,11 @@ def evaluate(
                 cut = saliency_threshold
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
-            sized = model.to_slices(maps, x, arrays, boxes, guides)
+            sized = model.to_slices(maps, x, inputs, boxes, guides)
+            if gate:  # as `segment` writes them: no mask where f calls the slice (or component) normal
+                sized = gate_maps(sized, probs_in)
+            sized = merge_maps(sized, owner, len(entries))  # one map per slice
             sized = confine_maps(sized, organs)  # as `segment` writes them: nothing outside the organ
-            if gate:  # as `segment` writes them: no mask where f calls the slice normal
-                sized = gate_maps(sized, probs)
             reach = extent if entry["kind"] == "counterfactual" else MaskExtent.threshold
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned, polarity, reach)
             entry.update(
@@ -284,7 +288,7 @@ def evaluate(
                 extent=reach.value,
                 postprocess=cleaned,
                 gated=gate,
-                seconds_per_slice=seconds / max(len(x), 1),
+                seconds_per_slice=seconds / max(len(entries), 1),
                 **summary,
             )
             one_polarity = polarity_warning(summary) if entry["kind"] == "counterfactual" else None

@@ -46,12 +46,13 @@ from coinseg.training.loop import (
 
 
 def _evaluate(model: nn.Module, data: SliceSet, device: torch.device) -> dict[str, float | None]:
-    """BCE loss, accuracy, AUROC and ``auroc_p`` (:func:`coinseg.evaluation.metrics.auroc_p_value`) of ``model``
-    on ``data``."""
+    """BCE loss (per input), accuracy, AUROC and ``auroc_p`` (:func:`coinseg.evaluation.metrics.auroc_p_value`;
+    per slice: f's largest output over a slice's inputs, :meth:`SliceSet.per_slice`) of ``model`` on ``data``."""
     p = probs(model, data.images, device)
+    labels, p_slice = data.per_slice(p)
+    acc, auroc = accuracy_auroc(labels, p_slice)
+    p_value = auroc_p_value(labels, p_slice)
     labels = data.labels.numpy()
-    acc, auroc = accuracy_auroc(labels, p)
-    p_value = auroc_p_value(labels, p)
     p = np.clip(p, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     return {"loss": loss, "accuracy": acc, "auroc": auroc, "auroc_p": p_value}
@@ -163,6 +164,7 @@ def train_classifier(
         organ_margin=settings.data.organ_margin,
         organ_only=settings.data.organ_only,
         floor_margin=settings.data.floor_margin,
+        organ_parts=settings.data.organ_parts,
     )
     run = on_rank_zero_first(fabric, lambda: RunDir(out, settings, resume, "classifier-run", (manifest,)))
     return train_in(fabric, run, lambda: _train(fabric, run, data, manifest, out, settings, max_minutes, resume))
@@ -255,9 +257,10 @@ def _train(
         f"classifier done: {'test' if 'test' in final else 'val'} accuracy {summary['accuracy']:.3f}, "  # type: ignore[index]
         f"AUROC {summary['auroc'] if summary['auroc'] is None else round(summary['auroc'], 4)}"  # type: ignore[index]
     )
-    n_abnormal = int(data.val.labels.sum())
+    val_labels = data.val.per_slice(data.val.labels.numpy())[0]
+    n_abnormal = int(val_labels.sum())
     warning = chance_warning(
-        val["auroc"], val["auroc_p"], n_abnormal, len(data.val) - n_abnormal, "the validation split"
+        val["auroc"], val["auroc_p"], n_abnormal, len(val_labels) - n_abnormal, "the validation split"
     )
     if warning:
         run.log(warning)

@@ -436,8 +436,7 @@ def _train(
     # the classifier against chance on the validation split, kept with the model so that `segment` can warn
     check: dict[str, Any] | None = None
     if run is not None:
-        labels = data.val.labels.numpy()
-        p_val = probs(trainer.classifier, data.val.images, fabric.device)
+        labels, p_val = data.val.per_slice(probs(trainer.classifier, data.val.images, fabric.device))
         n_abnormal = int(labels.sum())
         check = {
             "auroc": accuracy_auroc(labels, p_val)[1],

@@ -1,0 +1,151 @@
+"""A crop by parts (``data.organ_parts``): one network input per connected component of a slice's organ, each
+pasted back at its own pixels, gated by its own f(x), and the inputs of a slice merged into one map."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from coinseg.cli import app
+from coinseg.config import Settings, save_settings
+from coinseg.data.crop import OrganCrop, fit_crop, slice_max
+from coinseg.data.manifest import Entry
+from coinseg.data.slices import SliceSet
+from coinseg.predictor import Predictor, merge_maps
+from coinseg.runtime.device import resolve_device
+
+
+def two_kidneys() -> np.ndarray:
+    """A 40 x 60 organ of two 8 x 6 components: rows 10-17, columns 5-10 and 45-50."""
+    organ = np.zeros((40, 60), bool)
+    organ[10:18, 5:11] = organ[10:18, 45:51] = True
+    return organ
+
+
+def test_regions_are_the_organs_components_only_by_parts() -> None:
+    organ = two_kidneys()
+    left, right = OrganCrop(16, 16, parts=True).regions(organ)
+    assert left.sum() == right.sum() == 48 and left[10:18, 5:11].all() and right[10:18, 45:51].all()
+    (whole,) = OrganCrop(16, 16).regions(organ)
+    np.testing.assert_array_equal(whole, organ)
+    (empty,) = OrganCrop(16, 16, parts=True).regions(np.zeros((40, 60), bool))
+    assert empty.shape == (40, 60) and not empty.any()
+    # boxes: each centred on its own component (centre row 14, columns 8 and 48)
+    assert [OrganCrop(16, 16, True).box(r) for r in (left, right)] == [(6, 0, 16, 16), (6, 40, 16, 16)]
+
+
+def test_a_crop_by_parts_is_sized_on_the_components_and_recorded() -> None:
+    organ = two_kidneys()
+    assert fit_crop([organ], 0.0) == OrganCrop(46, 46)  # columns 5..50 of the whole organ
+    assert fit_crop([organ], 0.0, parts=True) == OrganCrop(8, 8, True)  # one component's 8 rows
+    assert fit_crop([organ], 0.5, parts=True) == OrganCrop(16, 16, True)
+    crop = OrganCrop(16, 16, True)
+    assert OrganCrop.from_json(crop.to_json()) == crop
+    assert OrganCrop.from_json([30, 30]) == OrganCrop(30, 30)  # the record of runs before parts
+    assert OrganCrop.from_json(None) is None
+
+
+def test_slice_max_and_merge_maps_take_the_largest_over_a_slices_inputs() -> None:
+    owner = np.array([0, 0, 1, 2, 2])
+    np.testing.assert_array_equal(slice_max(np.array([0.2, 0.7, 0.1, 0.9, 0.3]), owner, 3), [0.7, 0.1, 0.9])
+    with pytest.raises(ValueError, match="no network input"):
+        slice_max(np.array([0.5]), np.array([1]), 2)
+    a, b, c = np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), np.array([[3.0, 3.0]])
+    merged = merge_maps([a, b, c], np.array([0, 0, 1]), 2)
+    np.testing.assert_array_equal(merged[0], [[1.0, 2.0]])
+    assert merged[1] is c
+
+
+def test_per_slice_groups_a_slices_inputs() -> None:
+    """Two slices, the first split into two inputs: labels and the largest value per slice, in order."""
+    one = Entry(Path("a.npy"), "a.npy", 1, "val", row=1)
+    two = Entry(Path("b.npy"), "b.npy", 0, "val", row=2)
+    data = SliceSet(torch.zeros(3, 1, 4, 4), torch.tensor([1.0, 1.0, 0.0]), [(4, 4)] * 3, [one, one, two])
+    labels, values = data.per_slice(np.array([0.2, 0.8, 0.4]))
+    np.testing.assert_array_equal(labels, [1.0, 0.0])
+    np.testing.assert_array_equal(values, [0.8, 0.4])
+    single = SliceSet(torch.zeros(2, 1, 4, 4), torch.tensor([1.0, 0.0]), [(4, 4)] * 2, [one, two])
+    np.testing.assert_array_equal(single.per_slice(np.array([0.3, 0.6]))[1], [0.3, 0.6])
+
+
+class _RemoveAll(torch.nn.Module):
+    """Counterfactual: every pixel at the window's floor, so the map is (x + 1) / 2."""
+
+    name = "remove-all"
+
+    def counterfactual(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, -1.0)
+
+
+class _SeesTheTop(torch.nn.Module):
+    """Logit +10 when an input has a pixel at the window's top (x > 0.9), else -10."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x.flatten(1).amax(1) > 0.9, 10.0, -10.0)
+
+
+def parts_predictor() -> Predictor:
+    crop = OrganCrop(16, 16, parts=True)  # the network's size: no resizing, pixels come back exactly
+    return Predictor(_RemoveAll(), _SeesTheTop(), (0.0, 100.0), "hu", 16, resolve_device("cpu"), crop=crop)
+
+
+def test_each_component_comes_back_at_its_own_pixels_and_is_gated_alone() -> None:
+    """Kidney tissue at 50 HU (map 0.5 under the stand-in), a lesion at 100 HU (map 1) in the left kidney only:
+    the left input is called abnormal and its map comes back at the left kidney's pixels; the right input is
+    called normal, so gated its map is zero, ungated it is 0.5 on the right kidney; nothing outside the organ."""
+    organ = two_kidneys()
+    image = np.where(organ, 50.0, 0.0).astype(np.float32)
+    image[12:14, 7:9] = 100.0
+    model = parts_predictor()
+    p, _, (gated,) = model.run([image], organs=[organ], gate=True)
+    assert p[0] > 0.99  # the slice: the largest of its inputs'
+    np.testing.assert_array_equal(gated > 0.9, image == 100.0)
+    np.testing.assert_allclose(gated[10:18, 5:11][image[10:18, 5:11] == 50.0], 0.5)
+    assert not gated[:, 30:].any() and not gated[~organ].any()
+    _, _, (ungated,) = model.run([image], organs=[organ])
+    np.testing.assert_allclose(ungated[10:18, 45:51], 0.5)
+    np.testing.assert_array_equal(ungated[:, :30], gated[:, :30])
+    inputs, regions, owner = model.expand([image, image], [organ, organ])
+    assert len(inputs) == 4 and regions is not None and owner.tolist() == [0, 0, 1, 1]
+
+
+def test_a_run_by_parts_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
+    """Through the CLI on the phantom (two or three organ components per slice): both networks record the crop by
+    parts, the log says how many inputs; every mask lies inside its slice's organ and its components' boxes."""
+    tiny.data.organ_margin, tiny.data.organ_only, tiny.data.organ_parts = 0.1, True, True
+    config = tmp_path / "settings.yaml"
+    save_settings(tiny, config)
+    cpu = ("--config", config, "--device", "cpu")
+    for args in (
+        ("train-classifier", tiny_data, "--out", tmp_path / "clf", *cpu),
+        ("train", tiny_data, "--classifier", tmp_path / "clf", "--out", tmp_path / "gan", *cpu),
+        ("evaluate", tmp_path / "gan", tiny_data, "--out", tmp_path / "ev", "--device", "cpu"),
+        ("segment", tmp_path / "gan", tiny_data, "--out", tmp_path / "seg", "--threshold", "0", "--device", "cpu"),
+    ):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    clf = torch.load(tmp_path / "clf" / "checkpoints" / "best.pt", weights_only=True)
+    gan = torch.load(tmp_path / "gan" / "checkpoints" / "best.pt", weights_only=True)
+    crop = OrganCrop.from_json(gan["crop"])
+    assert gan["crop"] == clf["crop"] and crop is not None and crop.parts
+    assert "around each connected component" in (tmp_path / "clf" / "log.txt").read_text()
+    rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
+    test = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
+    assert len(rows) == len(test) > 0
+    for row, entry in zip(rows, test, strict=True):
+        organ = np.load(tiny_data.parent / entry["organ"]) > 0
+        mask = np.asarray(Image.open(tmp_path / "seg" / row["mask"])) > 0
+        assert mask.shape == organ.shape and not (mask & ~organ).any()
+        for region in crop.regions(organ):
+            top, left, h, w = crop.box(region)
+            mask[top : top + h, left : left + w] = False
+        assert not mask.any()
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_slices"] == len(test)
