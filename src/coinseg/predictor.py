@@ -10,8 +10,9 @@ size, and zero outside the slice's organ when it has an organ mask (lesions are 
 a ``coinseg prepare`` dataset).
 
 A run whose crop is by parts (``data.organ_parts``) makes one input per connected component of a slice's organ
-(:meth:`Predictor.expand`); each input is gated by its own f(x) and a slice's map is the pixel-wise maximum of
-its inputs' maps (:func:`merge_maps`), its f(x) and f(x_cf) the largest of theirs
+(:meth:`Predictor.expand`); each input is gated by its own f(x), its map is zero outside its own component, and a
+slice's map is the pixel-wise maximum of its inputs' maps (:func:`merge_maps`), its f(x) and f(x_cf) the largest
+of theirs
 (:func:`coinseg.data.crop.slice_max`). Every other run has one input per slice, and these steps change nothing.
 """
 
@@ -193,8 +194,8 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1]), per
         slice (over its inputs, :meth:`expand`: the largest f, the pixel-wise maximum of the maps). ``organs``: each
-        slice's organ mask (nonzero = organ) or None; an organ-only or cropping run needs every one, and a map is
-        zero outside its slice's organ (:func:`confine_maps`). ``gate``: an input's map is zero where f calls that
+        slice's organ mask (nonzero = organ) or None; an organ-only or cropping run needs every one, and an input's
+        map is zero outside its organ region (its slice's organ, or its component; :func:`confine_maps`). ``gate``: an input's map is zero where f calls that
         input normal (the classifier gate, :func:`gate_maps`)."""
         inputs, regions, owner = self.expand(arrays, organs, source)
         boxes = self.boxes(regions, source)
@@ -210,12 +211,8 @@ class Predictor:
             sized = self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes)
             diffs.extend(gate_maps(sized, p[-1]) if gate else sized)
         n = len(arrays)
-        maps = merge_maps(diffs, owner, n)
-        return (
-            slice_max(np.concatenate(p), owner, n),
-            slice_max(np.concatenate(p_cf), owner, n),
-            confine_maps(maps, organs),
-        )
+        maps = merge_maps(confine_maps(diffs, regions), owner, n)
+        return slice_max(np.concatenate(p), owner, n), slice_max(np.concatenate(p_cf), owner, n), maps
 
 
 def _every_organ(organs: Sequence[np.ndarray | None] | None, needs: str) -> list[np.ndarray]:

@@ -149,3 +149,21 @@ def test_a_run_by_parts_trains_evaluates_and_segments(tiny_data: Path, tiny: Set
         assert not mask.any()
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n_slices"] == len(test)
+
+
+def test_an_inputs_map_stays_inside_its_own_component() -> None:
+    """Two kidneys 2 px apart, so the left one's box holds three columns of the right one: the left input (a
+    lesion, called abnormal) changes those columns too, but its map is confined to its own component, and the
+    right input is called normal and gated, so the slice's map is zero on the whole right kidney."""
+    organ = np.zeros((40, 60), bool)
+    organ[10:18, 5:11] = organ[10:18, 13:19] = True
+    image = np.where(organ, 50.0, 0.0).astype(np.float32)
+    image[12:14, 5:7] = 100.0  # outside the right kidney's box (columns 8-23)
+    model = parts_predictor()
+    _, regions, _ = model.expand([image], [organ])
+    assert regions is not None
+    left, right = regions
+    assert model.crop is not None and model.crop.box(left) == (6, 0, 16, 16)  # columns 0-15: right's 13-15 too
+    _, _, (gated,) = model.run([image], organs=[organ], gate=True)
+    assert not gated[right].any()
+    np.testing.assert_array_equal(gated > 0.9, image == 100.0)

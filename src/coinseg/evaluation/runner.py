@@ -279,8 +279,8 @@ def evaluate(
             sized = model.to_slices(maps, x, inputs, boxes, guides)
             if gate:  # as `segment` writes them: no mask where f calls the slice (or component) normal
                 sized = gate_maps(sized, probs_in)
-            sized = merge_maps(sized, owner, len(entries))  # one map per slice
-            sized = confine_maps(sized, organs)  # as `segment` writes them: nothing outside the organ
+            # as `segment` writes them: nothing outside each input's organ region; one map per slice
+            sized = merge_maps(confine_maps(sized, regions), owner, len(entries))
             reach = extent if entry["kind"] == "counterfactual" else MaskExtent.threshold
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned, polarity, reach)
             entry.update(
