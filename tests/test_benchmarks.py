@@ -101,14 +101,15 @@ def test_each_training_seed_gets_its_own_folder_and_settings(tmp_path: Path) -> 
 
 
 class _FakeModel:
-    """f(x) = 1 where a slice has a pixel above 50 HU (sees bright lesions only); the map is 1 on the left half."""
+    """f(x) = 1 where a slice has a pixel above 50 HU (sees bright lesions only); the map is 1 on the left half
+    (gated: 0 where f(x) < 0.5)."""
 
-    def run(self, arrays, organs=None):
+    def run(self, arrays, organs=None, gate=False):
         probs = np.array([float((a > 50).any()) for a in arrays])
         maps = []
-        for a in arrays:
+        for a, p in zip(arrays, probs, strict=True):
             m = np.zeros(a.shape, np.float32)
-            m[:, : a.shape[1] // 2] = 1.0
+            m[:, : a.shape[1] // 2] = 0.0 if gate and p < 0.5 else 1.0
             maps.append(m)
         return probs, probs, maps
 

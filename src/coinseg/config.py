@@ -156,10 +156,10 @@ class DataConfig:
     ``organ_parts``: with the organ-centred crop, one network input per connected component of each slice's organ
     (each kidney of a pair), in a square of the longest training component's extent (+ ``organ_margin``), instead
     of one square around the whole organ (:mod:`coinseg.data.crop`). Off by default: on the generalization suite
-    it lifted lesions of 3-10 mm in a paired organ from pooled IoU 0.14-0.19 to 0.46-0.48, but cost the real CT
-    (8-20 mm lesions) 0.08-0.11 and gave one of its normal anatomies false positives (normal FP 0.37);
-    benchmarks/RESULTS.md, *One input per organ component*. Worth trying when lesions are small against a paired
-    or split organ: compare the two classifiers' validation AUROC in their logs.
+    it lifted lesions of 3-10 mm in a paired organ from pooled IoU 0.14-0.19 to 0.40-0.49, but cost the real CT
+    (8-20 mm lesions) 0.06-0.07 and gave one of its normal anatomies false positives (normal FP 0.37);
+    benchmarks/RESULTS.md, *One input per organ component, built*. Worth trying when lesions are small against a
+    paired or split organ: compare the two classifiers' validation AUROC (per slice) in their logs.
     """
 
     size: int = 64
@@ -470,6 +470,8 @@ def check_settings(settings: Settings) -> Settings:
         raise ConfigError(f"data.percentiles: {data.percentiles!r} must be [a, b] with 0 <= a < b <= 100")
     if data.organ_margin is not None:
         _within("data.organ_margin", data.organ_margin, 0.0, 2.0)
+    elif data.organ_parts:
+        raise ConfigError("data.organ_parts: true needs the organ-centred crop; set data.organ_margin (e.g. 0.1)")
     # classifier
     _widths("classifier.widths", clf.widths)
     for key in ("batch_size", "max_steps", "eval_every"):

@@ -14,9 +14,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from coinseg.cli import app
-from coinseg.config import Settings, save_settings
+from coinseg.config import ConfigError, Settings, save_settings, settings_from_dict
 from coinseg.data.crop import OrganCrop, fit_crop, slice_max
 from coinseg.data.manifest import Entry
+from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import SliceSet
 from coinseg.predictor import Predictor, merge_maps
 from coinseg.runtime.device import resolve_device
@@ -167,3 +168,21 @@ def test_an_inputs_map_stays_inside_its_own_component() -> None:
     _, _, (gated,) = model.run([image], organs=[organ], gate=True)
     assert not gated[right].any()
     np.testing.assert_array_equal(gated > 0.9, image == 100.0)
+
+
+def test_organ_parts_without_the_crop_is_refused_or_said(tiny_data: Path, tmp_path: Path) -> None:
+    """Settings that ask for parts without the crop are refused by name; a manifest without organ masks trains on
+    whole inputs and the run's notes say that the setting had no effect."""
+    with pytest.raises(ConfigError, match="data.organ_parts: true needs the organ-centred crop"):
+        settings_from_dict({"data": {"organ_margin": None, "organ_parts": True}})
+    no_organs = tmp_path / "no-organs.csv"
+    with tiny_data.open() as source, no_organs.open("w", newline="") as target:
+        reader = csv.DictReader(source)
+        writer = csv.DictWriter(target, fieldnames=["image", "label", "mask", "split"])
+        writer.writeheader()
+        for r in reader:
+            writer.writerow(
+                {k: str(tiny_data.parent / r[k]) if k in ("image", "mask") else r[k] for k in writer.fieldnames}
+            )
+    prepared = prepare_data(no_organs, 16, [0.5, 99.5], organ_margin=0.1, organ_parts=True)
+    assert prepared.crop is None and any("organ_parts: no organ-centred crop" in n for n in prepared.notes)

@@ -80,6 +80,10 @@ def prepare_data(
         )
     if crop is None and organ_margin is not None and every_organ and not from_store(entries):
         crop = fit_entries_crop(train, organ_margin, organ_parts)
+    if crop is None and organ_parts:
+        notes.append(
+            "organ_parts: no organ-centred crop (not every row has an organ mask, or a prepared store): whole inputs"
+        )
     if crop is not None:
         around = (
             "each connected component of each slice's organ (one input each)" if crop.parts else "each slice's organ"
