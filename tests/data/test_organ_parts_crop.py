@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from coinseg.cli import app
 from coinseg.config import ConfigError, Settings, save_settings, settings_from_dict
+from coinseg.data import slices as slices_module
 from coinseg.data.crop import OrganCrop, fit_crop, slice_max
-from coinseg.data.manifest import Entry
+from coinseg.data.manifest import Entry, read_manifest
 from coinseg.data.prepare import prepare_data
-from coinseg.data.slices import SliceSet
+from coinseg.data.slices import LazySlices, SliceSet, load_slices
 from coinseg.predictor import Predictor, merge_maps
 from coinseg.runtime.device import resolve_device
 
@@ -186,3 +187,27 @@ def test_organ_parts_without_the_crop_is_refused_or_said(tiny_data: Path, tmp_pa
             )
     prepared = prepare_data(no_organs, 16, [0.5, 99.5], organ_margin=0.1, organ_parts=True)
     assert prepared.crop is None and any("organ_parts: no organ-centred crop" in n for n in prepared.notes)
+
+
+def test_inputs_by_parts_are_the_same_read_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two .npy slices, one with two organ components and one with one: three inputs, each its component's box
+    (a 16 x 16 box at 16 px: the pixels themselves), the same whether held in memory or read on indexing."""
+    rng = np.random.default_rng(0)
+    organs = [two_kidneys(), np.zeros((40, 60), bool)]
+    organs[1][20:30, 20:26] = True
+    rows = ["image,label,split,organ"]
+    for k, organ in enumerate(organs):
+        np.save(tmp_path / f"i{k}.npy", rng.uniform(0, 100, (40, 60)).astype(np.float32))
+        np.save(tmp_path / f"o{k}.npy", organ.astype(np.uint8))
+        rows.append(f"i{k}.npy,{k},train,o{k}.npy")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    entries = read_manifest(tmp_path / "m.csv")
+    crop = OrganCrop(16, 16, parts=True)
+    eager = load_slices(entries, 16, (0.0, 100.0), crop=crop)
+    assert isinstance(eager.images, torch.Tensor) and eager.labels.tolist() == [0.0, 0.0, 1.0]
+    first = np.load(tmp_path / "i0.npy")[6:22, 40:56]  # the right kidney's box, (6, 40, 16, 16)
+    np.testing.assert_allclose(eager.images[1, 0].numpy(), first / 50.0 - 1.0, atol=1e-5)
+    monkeypatch.setattr(slices_module, "LAZY_BYTES", 0)
+    lazy = load_slices(entries, 16, (0.0, 100.0), crop=crop)
+    assert isinstance(lazy.images, LazySlices) and len(lazy.images) == 3
+    assert torch.equal(lazy.images[torch.tensor([2, 0, 1])], eager.images[torch.tensor([2, 0, 1])])
