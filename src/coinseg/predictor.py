@@ -12,8 +12,8 @@ a ``coinseg prepare`` dataset).
 A run whose crop is by parts (``data.organ_parts``) makes one input per connected component of a slice's organ
 (:meth:`Predictor.expand`); each input is gated by its own f(x), its map is zero outside its own component, and a
 slice's map is the pixel-wise maximum of its inputs' maps (:func:`merge_maps`), its f(x) and f(x_cf) the largest
-of theirs
-(:func:`coinseg.data.crop.slice_max`). Every other run has one input per slice, and these steps change nothing.
+of theirs (:func:`coinseg.data.crop.slice_max`). Every other run has one input per slice, and these steps change
+nothing.
 """
 
 from __future__ import annotations
@@ -195,8 +195,8 @@ class Predictor:
         """Raw 2-D slices -> (f(x), f(x_cf), difference maps at each slice's own size, float32 in [0, 1]), per
         slice (over its inputs, :meth:`expand`: the largest f, the pixel-wise maximum of the maps). ``organs``: each
         slice's organ mask (nonzero = organ) or None; an organ-only or cropping run needs every one, and an input's
-        map is zero outside its organ region (its slice's organ, or its component; :func:`confine_maps`). ``gate``: an input's map is zero where f calls that
-        input normal (the classifier gate, :func:`gate_maps`)."""
+        map is zero outside its organ region (its slice's organ, or its component; :func:`confine_maps`).
+        ``gate``: an input's map is zero where f calls that input normal (the classifier gate, :func:`gate_maps`)."""
         inputs, regions, owner = self.expand(arrays, organs, source)
         boxes = self.boxes(regions, source)
         p, p_cf, diffs = [], [], []

@@ -52,10 +52,11 @@ def prepare_data(
     ``organ_margin`` not None and an organ mask on every row of a plain manifest (not a ``coinseg prepare``
     store, whose slices are organ-centred already), a box is fitted on the training split
     (:func:`coinseg.data.crop.fit_crop`), one per component of each slice's organ with ``organ_parts``
-    (:meth:`coinseg.data.crop.OrganCrop.regions`; each split then has one input per component). ``organ_only``: blank every slice outside its organ when every row has
-    an organ mask (else whole slices); a window computed here then has its floor lowered by ``floor_margin``
-    times its width (a given window, e.g. the classifier's, is used as it is), so that tissue darker than the
-    organ is not set to the floor that the blanked outside is. ``notes``: what the run log should say (a held-out
+    (:meth:`coinseg.data.crop.OrganCrop.regions`; each split then has one input per component). ``organ_only``:
+    blank every slice outside its organ when every row has an organ mask (else whole slices); a window computed
+    here then has its floor lowered by ``floor_margin`` times its width (a given window, e.g. the classifier's, is
+    used as it is), so that tissue darker than the organ is not set to the floor that the blanked outside is.
+    ``notes``: what the run log should say (a held-out
     validation split; the organ-only input; the crop; duplicate rows and images in two splits, as warnings)."""
     entries = read_manifest(manifest)
     train, val, note = training_splits(entries, manifest)

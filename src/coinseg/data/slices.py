@@ -1,8 +1,9 @@
 """Manifest entries -> in-memory slice tensors at the profile size (a frozen, pre-extracted slice set).
 
 All slices of a split are read once, cut to the run's organ-centred box when it has one
-(:mod:`coinseg.data.crop`; one input per component of the slice's organ when the crop is by parts), normalised with the stored window and resized to ``size x size`` (bilinear,
-antialiased; the aspect ratio is not kept, as in the paper). Original sizes are kept so masks can be mapped back
+(:mod:`coinseg.data.crop`; one input per component of the slice's organ when the crop is by parts), normalised
+with the stored window and resized to ``size x size`` (bilinear, antialiased; the aspect ratio is not kept, as in
+the paper). Original sizes are kept so masks can be mapped back
 to each input's own resolution.
 
 A large split held in memory-mapped ``.npy`` stores (``coinseg prepare``) is not loaded: its ``images`` is a
@@ -80,14 +81,12 @@ class SliceSet:
         """(label, largest value) of each slice, from ``values`` (one per input, N): the maximum over a slice's
         inputs (the components of its organ when the crop is by parts; one input per slice otherwise, returned as
         they are), slices in the order of their first input."""
-        keys = [(e.row, e.slice) for e in self.entries]
-        first = {key: i for i, key in reversed(list(enumerate(keys)))}
-        if len(first) == len(keys):
+        number: dict[tuple[int, int | None], int] = {}  # (manifest row, slice index) -> slice number
+        owner = np.array([number.setdefault((e.row, e.slice), len(number)) for e in self.entries])
+        if len(number) == len(owner):
             return self.labels.numpy(), values
-        order = {key: n for n, key in enumerate(sorted(first, key=first.__getitem__))}
-        owner = np.array([order[key] for key in keys])
-        labels = self.labels.numpy()[sorted(first.values())]
-        return labels, slice_max(values, owner, len(order))
+        first = np.unique(owner, return_index=True)[1]
+        return self.labels.numpy()[first], slice_max(values, owner, len(number))
 
 
 @lru_cache(maxsize=4)
