@@ -25,7 +25,7 @@ from scipy import ndimage
 from coinseg.data.manifest import read_manifest
 from coinseg.data.slices import load_mask, read_entry
 from coinseg.evaluation.metrics import SegmentationTally, difference_map
-from coinseg.predictor import gate_maps, load_predictor
+from coinseg.predictor import load_predictor
 
 
 def score(masks: list[np.ndarray], gts: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
@@ -59,11 +59,12 @@ def main() -> None:
     val = [e for e in rows if e.split == "val"]
     val_arrays = [read_entry(e) for e in val]
     val_organs = model.entry_organs(val, val_arrays)
-    x_val = model.inputs(model.seen(val_arrays, val_organs), model.boxes(val_organs))
+    inputs, regions, owner = model.expand(val_arrays, val_organs)  # one per slice, or per organ component
+    x_val = model.inputs(model.seen(inputs, regions), model.boxes(regions))
     with torch.no_grad():
         cf_val = torch.cat([model.maps.counterfactual(x_val[i : i + 64]) for i in range(0, len(x_val), 64)])
     peaks = difference_map(x_val, cf_val).amax(dim=(1, 2, 3)).numpy()
-    abnormal_val = np.array([e.label for e in val]) == 1
+    abnormal_val = np.array([val[i].label for i in owner]) == 1
     half_max = 0.5 * float(np.median(peaks[abnormal_val]))
 
     test = [e for e in rows if e.split == "test"]
@@ -71,8 +72,7 @@ def main() -> None:
     gts = [load_mask(e, a.shape) for e, a in zip(test, arrays, strict=True)]
     labels = np.array([e.label for e in test])
     organs = model.entry_organs(test, arrays)
-    probs, _, maps = model.run(arrays, organs=organs)
-    maps = gate_maps(maps, probs)
+    probs, _, maps = model.run(arrays, organs=organs, gate=True)
 
     rules = {"0.25": 0.25, "floor": model.threshold("floor"), "half-max": half_max}
     if model.auto_threshold is not None:
