@@ -254,7 +254,7 @@ def evaluate(
                 x_cf = _batched(cf_model.maps.counterfactual, x, cf_model.device, batch_size)
                 maps = difference_map(x, x_cf)
                 seconds = time.perf_counter() - tic
-                probs_cf = slice_max(model.probs(x_cf, batch_size), owner, len(entries))
+                probs_cf = model.probs(x_cf, batch_size)  # per network input, as probs_in
                 cut = cf_model.threshold(parsed)
                 if isinstance(parsed, str):
                     notes.append(f"{name}: threshold {parsed} = {cut:.3f} (see --threshold)")
@@ -263,8 +263,9 @@ def evaluate(
                     notes.append(f"{name}: {warning}")
                 entry = {
                     "kind": "counterfactual",
-                    "cv": counterfactual_validity(probs, probs_cf),
-                    "flip_rate": flip_rate(probs, probs_cf),
+                    # per input (a component, by parts): does the edit flip what f called abnormal
+                    "cv": counterfactual_validity(probs_in, probs_cf),
+                    "flip_rate": flip_rate(probs_in, probs_cf),
                 }
                 if extractor is not None:
                     entry.update(_fid_scores(extractor, (x + 1) / 2, (x_cf + 1) / 2, labels[owner]))
