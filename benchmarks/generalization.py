@@ -512,7 +512,7 @@ def diagnose(run: Path, manifest: Path) -> dict[str, Any]:
     from coinseg.data.normalise import normalise
     from coinseg.data.slices import load_mask, read_entry
     from coinseg.evaluation.metrics import difference_map
-    from coinseg.predictor import confine_maps, load_predictor, merge_maps
+    from coinseg.predictor import load_predictor
 
     model = load_predictor(run / "gan", "cpu")
     every = read_manifest(manifest)
@@ -531,7 +531,7 @@ def diagnose(run: Path, manifest: Path) -> dict[str, Any]:
     guides = model.guides(shown, boxes)
 
     def per_slice(maps: torch.Tensor) -> list[np.ndarray]:  # resized, confined and merged as `segment` does
-        return merge_maps(confine_maps(model.to_slices(maps, x, shown, boxes, guides), regions), owner, len(arrays))
+        return model.per_slice_maps(model.to_slices(maps, x, shown, boxes, guides), regions, owner)
 
     oracle = per_slice(difference_map(x, x_clean))
     arrays, cleans = model.seen(arrays, organs), model.seen(cleans, organs)  # each slice blanked outside its organ

@@ -208,11 +208,25 @@ class Predictor:
             x_cf = self.maps.counterfactual(x)
             p.append(self.probs(x, batch))
             p_cf.append(self.probs(x_cf, batch))
-            sized = self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes)
-            diffs.extend(gate_maps(sized, p[-1]) if gate else sized)
-        n = len(arrays)
-        maps = merge_maps(confine_maps(diffs, regions), owner, n)
-        return slice_max(np.concatenate(p), owner, n), slice_max(np.concatenate(p_cf), owner, n), maps
+            diffs.extend(self.to_slices(difference_map(x, x_cf), x, chunk, chunk_boxes))
+        n, p_in = len(arrays), np.concatenate(p)
+        maps = self.per_slice_maps(diffs, regions, owner, p_in if gate else None)
+        return slice_max(p_in, owner, n), slice_max(np.concatenate(p_cf), owner, n), maps
+
+    @staticmethod
+    def per_slice_maps(
+        maps: list[np.ndarray],
+        regions: Sequence[np.ndarray | None] | None,
+        owner: np.ndarray,
+        probs: np.ndarray | None = None,
+    ) -> list[np.ndarray]:
+        """The maps of M network inputs at their slices' sizes (:meth:`to_slices`) -> one per slice, as ``segment``
+        writes them: zero where f calls the input normal (``probs``: the inputs' f, when gated,
+        :func:`gate_maps`), zero outside the input's organ region (:func:`confine_maps`), the pixel-wise maximum
+        over a slice's inputs (:func:`merge_maps`). ``regions`` and ``owner``: from :meth:`expand`."""
+        if probs is not None:
+            maps = gate_maps(maps, probs)
+        return merge_maps(confine_maps(maps, regions), owner, int(owner.max()) + 1 if len(owner) else 0)
 
 
 def _every_organ(organs: Sequence[np.ndarray | None] | None, needs: str) -> list[np.ndarray]:

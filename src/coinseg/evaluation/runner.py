@@ -51,7 +51,7 @@ from coinseg.evaluation.metrics import postprocess as clean_mask
 from coinseg.evaluation.volume import MIN_LESION_MM3, VolumeTally
 from coinseg.io.files import atomic_dir, check_empty_target
 from coinseg.io.images import KIND_NAMES, intensity_for
-from coinseg.predictor import Predictor, confine_maps, gate_maps, load_predictor, merge_maps, parse_threshold
+from coinseg.predictor import Predictor, load_predictor, parse_threshold
 from coinseg.registry import METHODS
 from coinseg.reporting.figures import comparison_grid
 from coinseg.reporting.montage import lesion_montage
@@ -221,6 +221,7 @@ def evaluate(
     guides = model.guides(shown, boxes)  # shared by every method's maps
     probs_in = model.probs(x, batch_size)
     probs = slice_max(probs_in, owner, len(entries))
+    gate_by = probs_in if gate else None
     accuracy, auroc = accuracy_auroc(labels, probs)
     auroc_p = auroc_p_value(labels, probs)
     n_abnormal, n_normal = int((labels == 1).sum()), int((labels == 0).sum())
@@ -277,11 +278,8 @@ def evaluate(
                 cut = saliency_threshold
                 entry = {"kind": "attribution", "cv": None, "flip_rate": None, **chosen}
             cleaned = postprocess and entry["kind"] == "counterfactual"
-            sized = model.to_slices(maps, x, inputs, boxes, guides)
-            if gate:  # as `segment` writes them: no mask where f calls the slice (or component) normal
-                sized = gate_maps(sized, probs_in)
-            # as `segment` writes them: nothing outside each input's organ region; one map per slice
-            sized = merge_maps(confine_maps(sized, regions), owner, len(entries))
+            # as `segment` writes them: gated (where f calls the slice, or component, normal), inside the organ
+            sized = model.per_slice_maps(model.to_slices(maps, x, inputs, boxes, guides), regions, owner, gate_by)
             reach = extent if entry["kind"] == "counterfactual" else MaskExtent.threshold
             summary, masks_by_method[name] = score_maps(sized, gts, labels, cut, cleaned, polarity, reach)
             entry.update(
