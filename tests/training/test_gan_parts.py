@@ -217,3 +217,40 @@ def test_maps_are_mirrored_only_for_runs_calibrated_with_mirrored_maps(
     del ckpt["mirror_maps"]
     torch.save(ckpt, old / "checkpoints" / "best.pt")
     assert not load_predictor(old, "cpu").maps.mirror
+
+
+def test_by_parts_the_calibration_takes_each_slices_largest_peak(
+    tiny_data: Path, classifier_run: Path, tiny: Settings
+) -> None:
+    """With one input per organ component, a slice labelled abnormal whose lesion is in one component holds
+    lesion-free components too: each slice's peak is the largest over its inputs, so half_max is half the median
+    of the lesions' peaks (0.8 here), not pulled down by the lesion-free components (0.02); the noise floor is
+    taken over the normal slices' largest peaks."""
+    import numpy as np
+
+    from coinseg.data.crop import OrganCrop
+    from coinseg.data.prepare import prepare_data
+    from coinseg.method import load_classifier
+    from coinseg.runtime.device import make_fabric
+    from coinseg.training.gan import NOISE_FLOOR_QUANTILE, GanTrainer
+
+    classifier, ckpt = load_classifier(classifier_run)
+    crop = OrganCrop(24, 24, parts=True)
+    data = prepare_data(tiny_data, tiny.data.size, tiny.data.percentiles, tuple(ckpt["window"]), crop=crop)
+    trainer = GanTrainer.from_settings(tiny, classifier, make_fabric("cpu", tiny.precision))
+    rows = [(e.row, e.slice) for e in data.val.entries]
+    first = np.array([i == 0 or rows[i] != rows[i - 1] for i in range(len(rows))])  # a slice's first input
+    assert len(rows) > len(set(rows))  # some slices have several inputs
+    labels = data.val.labels.numpy()
+    v = np.where(labels == 1, np.where(first, 0.8, 0.02), np.linspace(0.01, 0.3, len(rows))).astype(np.float32)
+    x = data.val.images.clone().fill_(-1.0)
+    data.val.images = x
+    x_cf = x.clone()
+    x_cf[:, 0, 0, 0] += 2 * torch.from_numpy(v)
+    n = len(rows)
+    trainer.counterfactuals = lambda images, batch=64: (x_cf.numpy(), np.full(n, 0.1, np.float32))  # type: ignore[method-assign]
+    validation = trainer.validate(data.val)
+    assert validation["half_max"] == pytest.approx(0.4)
+    slice_labels, slice_peaks = data.val.per_slice(v)
+    expected = float(np.quantile(slice_peaks[slice_labels == 0], NOISE_FLOOR_QUANTILE))
+    assert validation["noise_floor"] == pytest.approx(expected)

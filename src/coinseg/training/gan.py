@@ -242,6 +242,8 @@ class GanTrainer:
           (``--threshold auto``);
         - ``half_max``: half the median, over slices labelled abnormal, of each slice's peak |x - x_cf| / 2: the
           edge of a typical lesion at half its change;
+        - a slice's peak is the largest over its inputs' (:meth:`SliceSet.per_slice`; by parts, a slice labelled
+          abnormal may hold lesion-free components, whose small peaks would otherwise pull the median down);
         - ``floor``: the larger of the two (``--threshold floor``), None without slices labelled normal.
         """
         images = data.images[:]  # a lazy store view is read here: validation needs the whole split
@@ -257,8 +259,8 @@ class GanTrainer:
         tv = float(losses.total_variation(images, cf))
         normal = p < 0.5
         score = self.cfg.lambda_kl * kl + self.cfg.lambda_rec * float(change.mean()) + self.cfg.lambda_tv * tv
-        peaks = diff.amax(dim=(1, 2, 3)).numpy()
-        labelled_normal = data.labels.numpy() == 0
+        labels, peaks = data.per_slice(diff.amax(dim=(1, 2, 3)).numpy())
+        labelled_normal = labels == 0
         noise_floor = (
             float(np.quantile(peaks[labelled_normal], NOISE_FLOOR_QUANTILE)) if labelled_normal.any() else None
         )
