@@ -156,8 +156,9 @@ class DataConfig:
     ``organ_parts``: with the organ-centred crop, one network input per connected component of each slice's organ
     (each kidney of a pair), in a square of the longest training component's extent (+ ``organ_margin``), instead
     of one square around the whole organ (:mod:`coinseg.data.crop`). Off by default: on the generalization suite
-    it lifted lesions of 3-10 mm in a paired organ from pooled IoU 0.14-0.19 to 0.40-0.49, but cost the real CT
-    (8-20 mm lesions) 0.06-0.07 and gave one of its normal anatomies false positives (normal FP 0.37);
+    it lifted lesions of 3-10 mm in a paired organ from pooled IoU 0.14-0.19 to 0.40-0.47 (the built-in phantom
+    0.69-0.72 -> 0.73), but cost the real CT (8-20 mm lesions) 0.07-0.08 and gave one of its normal anatomies
+    false positives (normal FP 0.37);
     benchmarks/RESULTS.md, *One input per organ component, built*. Worth trying when lesions are small against a
     paired or split organ: compare the two classifiers' validation AUROC (per slice) in their logs.
     """
