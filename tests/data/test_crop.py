@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,6 +133,25 @@ def test_a_cropping_run_trains_evaluates_and_segments(tiny_data: Path, tiny: Set
         assert not mask.any()  # nothing outside the slice's box
     code, output = run_cli("segment", tmp_path / "gan", lone, "--out", tmp_path / "s2")
     assert code == 2 and "organ-centred crops" in output
+
+
+def test_a_run_by_parts_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
+    """``data.organ_parts`` through the CLI on the phantom (two or three organ components per slice): both networks
+    record the crop by parts, the log says so; every mask lies inside its slice's organ and its components'
+    boxes; evaluate scores one row per slice."""
+    tiny.data.organ_margin, tiny.data.organ_only, tiny.data.organ_parts = 0.1, True, True
+    clf, gan, masks, _ = train_and_segment(tiny_data, tiny, tmp_path)
+    crop = OrganCrop.from_json(gan["crop"])
+    assert gan["crop"] == clf["crop"] and crop is not None and crop.parts
+    assert "around each connected component" in (tmp_path / "clf" / "log.txt").read_text()
+    for organ, mask in masks:
+        assert mask.shape == organ.shape and not (mask & ~organ).any()
+        for region in crop.regions(organ):
+            top, left, h, w = crop.box(region)
+            mask[top : top + h, left : left + w] = False
+        assert not mask.any()
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_slices"] == len(masks)
 
 
 def test_blank_outside_keeps_the_organ_and_its_rim() -> None:

@@ -4,24 +4,20 @@ pasted back at its own pixels, gated by its own f(x), and the inputs of a slice 
 from __future__ import annotations
 
 import csv
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from typer.testing import CliRunner
 
-from coinseg.cli import app
-from coinseg.config import ConfigError, Settings, save_settings, settings_from_dict
+from coinseg.config import ConfigError, settings_from_dict
 from coinseg.data import slices as slices_module
 from coinseg.data.crop import OrganCrop, fit_crop, slice_max
 from coinseg.data.manifest import Entry, read_manifest
 from coinseg.data.prepare import prepare_data
 from coinseg.data.slices import LazySlices, SliceSet, load_slices
 from coinseg.predictor import Predictor, merge_maps
-from coinseg.runtime.device import resolve_device
 
 
 def two_kidneys() -> np.ndarray:
@@ -77,15 +73,6 @@ def test_per_slice_groups_a_slices_inputs() -> None:
     np.testing.assert_array_equal(single.per_slice(np.array([0.3, 0.6]))[1], [0.3, 0.6])
 
 
-class _RemoveAll(torch.nn.Module):
-    """Counterfactual: every pixel at the window's floor, so the map is (x + 1) / 2."""
-
-    name = "remove-all"
-
-    def counterfactual(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x, -1.0)
-
-
 class _SeesTheTop(torch.nn.Module):
     """Logit +10 when an input has a pixel at the window's top (x > 0.9), else -10."""
 
@@ -93,19 +80,23 @@ class _SeesTheTop(torch.nn.Module):
         return torch.where(x.flatten(1).amax(1) > 0.9, 10.0, -10.0)
 
 
-def parts_predictor() -> Predictor:
-    crop = OrganCrop(16, 16, parts=True)  # the network's size: no resizing, pixels come back exactly
-    return Predictor(_RemoveAll(), _SeesTheTop(), (0.0, 100.0), "hu", 16, resolve_device("cpu"), crop=crop)
+def parts_predictor(remove_all_predictor: Callable[..., Predictor]) -> Predictor:
+    """conftest's stand-in (every pixel removed: the map is (x + 1) / 2) by parts, with :class:`_SeesTheTop`."""
+    model = remove_all_predictor((0.0, 100.0), 16, crop=OrganCrop(16, 16, parts=True))  # 16 px: no resizing
+    model.classifier = _SeesTheTop()
+    return model
 
 
-def test_each_component_comes_back_at_its_own_pixels_and_is_gated_alone() -> None:
+def test_each_component_comes_back_at_its_own_pixels_and_is_gated_alone(
+    remove_all_predictor: Callable[..., Predictor],
+) -> None:
     """Kidney tissue at 50 HU (map 0.5 under the stand-in), a lesion at 100 HU (map 1) in the left kidney only:
     the left input is called abnormal and its map comes back at the left kidney's pixels; the right input is
     called normal, so gated its map is zero, ungated it is 0.5 on the right kidney; nothing outside the organ."""
     organ = two_kidneys()
     image = np.where(organ, 50.0, 0.0).astype(np.float32)
     image[12:14, 7:9] = 100.0
-    model = parts_predictor()
+    model = parts_predictor(remove_all_predictor)
     p, _, (gated,) = model.run([image], organs=[organ], gate=True)
     assert p[0] > 0.99  # the slice: the largest of its inputs'
     np.testing.assert_array_equal(gated > 0.9, image == 100.0)
@@ -118,42 +109,7 @@ def test_each_component_comes_back_at_its_own_pixels_and_is_gated_alone() -> Non
     assert len(inputs) == 4 and regions is not None and owner.tolist() == [0, 0, 1, 1]
 
 
-def test_a_run_by_parts_trains_evaluates_and_segments(tiny_data: Path, tiny: Settings, tmp_path: Path) -> None:
-    """Through the CLI on the phantom (two or three organ components per slice): both networks record the crop by
-    parts, the log says how many inputs; every mask lies inside its slice's organ and its components' boxes."""
-    tiny.data.organ_margin, tiny.data.organ_only, tiny.data.organ_parts = 0.1, True, True
-    config = tmp_path / "settings.yaml"
-    save_settings(tiny, config)
-    cpu = ("--config", config, "--device", "cpu")
-    for args in (
-        ("train-classifier", tiny_data, "--out", tmp_path / "clf", *cpu),
-        ("train", tiny_data, "--classifier", tmp_path / "clf", "--out", tmp_path / "gan", *cpu),
-        ("evaluate", tmp_path / "gan", tiny_data, "--out", tmp_path / "ev", "--device", "cpu"),
-        ("segment", tmp_path / "gan", tiny_data, "--out", tmp_path / "seg", "--threshold", "0", "--device", "cpu"),
-    ):
-        result = CliRunner().invoke(app, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-    clf = torch.load(tmp_path / "clf" / "checkpoints" / "best.pt", weights_only=True)
-    gan = torch.load(tmp_path / "gan" / "checkpoints" / "best.pt", weights_only=True)
-    crop = OrganCrop.from_json(gan["crop"])
-    assert gan["crop"] == clf["crop"] and crop is not None and crop.parts
-    assert "around each connected component" in (tmp_path / "clf" / "log.txt").read_text()
-    rows = list(csv.DictReader((tmp_path / "seg" / "predictions.csv").open()))
-    test = [r for r in csv.DictReader(tiny_data.open()) if r["split"] == "test"]
-    assert len(rows) == len(test) > 0
-    for row, entry in zip(rows, test, strict=True):
-        organ = np.load(tiny_data.parent / entry["organ"]) > 0
-        mask = np.asarray(Image.open(tmp_path / "seg" / row["mask"])) > 0
-        assert mask.shape == organ.shape and not (mask & ~organ).any()
-        for region in crop.regions(organ):
-            top, left, h, w = crop.box(region)
-            mask[top : top + h, left : left + w] = False
-        assert not mask.any()
-    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["n_slices"] == len(test)
-
-
-def test_an_inputs_map_stays_inside_its_own_component() -> None:
+def test_an_inputs_map_stays_inside_its_own_component(remove_all_predictor: Callable[..., Predictor]) -> None:
     """Two kidneys 2 px apart, so the left one's box holds three columns of the right one: the left input (a
     lesion, called abnormal) changes those columns too, but its map is confined to its own component, and the
     right input is called normal and gated, so the slice's map is zero on the whole right kidney."""
@@ -161,7 +117,7 @@ def test_an_inputs_map_stays_inside_its_own_component() -> None:
     organ[10:18, 5:11] = organ[10:18, 13:19] = True
     image = np.where(organ, 50.0, 0.0).astype(np.float32)
     image[12:14, 5:7] = 100.0  # outside the right kidney's box (columns 8-23)
-    model = parts_predictor()
+    model = parts_predictor(remove_all_predictor)
     _, regions, _ = model.expand([image], [organ])
     assert regions is not None
     left, right = regions

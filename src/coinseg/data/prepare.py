@@ -56,8 +56,8 @@ def prepare_data(
     blank every slice outside its organ when every row has an organ mask (else whole slices); a window computed
     here then has its floor lowered by ``floor_margin`` times its width (a given window, e.g. the classifier's, is
     used as it is), so that tissue darker than the organ is not set to the floor that the blanked outside is.
-    ``notes``: what the run log should say (a held-out
-    validation split; the organ-only input; the crop; duplicate rows and images in two splits, as warnings)."""
+    ``notes``: what the run log should say (a held-out validation split; the organ-only input; the crop; duplicate
+    rows and images in two splits, as warnings)."""
     entries = read_manifest(manifest)
     train, val, note = training_splits(entries, manifest)
     test = [e for e in entries if e.split == "test"]
