@@ -765,6 +765,13 @@ def main() -> None:
         parser.error(f"--seeds: expected non-negative integers, got {args.seeds!r}")
     if args.evidence_rim and not args.evidence_only:
         parser.error("--evidence-rim: only with --evidence-only (the diagnosis table uses the whole organ)")
+    if args.config is not None:  # read now, so a bad file fails before any member is written or trained
+        from coinseg.config import ConfigError, load_settings
+
+        try:
+            load_settings(args.config, "quick")
+        except ConfigError as exc:
+            parser.error(f"--config: {exc}")
     results = []
     for name in names:
         root = args.work / name

@@ -192,3 +192,18 @@ def test_intensity_evidence_can_leave_out_the_organs_darker_rim() -> None:
     slices = _organ_slices(mimic=0.0, rim=100.0)
     assert generalization.intensity_evidence(*slices)["dark"] == 0.5
     assert generalization.intensity_evidence(*slices, rim_px=2)["dark"] == 1.0
+
+
+def test_a_bad_config_is_refused_by_name_before_any_member_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  organ_parts: true\n  organ_margin: null\n")
+    work = tmp_path / "work"
+    monkeypatch.setattr(sys, "argv", ["generalization.py", "--work", str(work), "--config", str(bad)])
+    with pytest.raises(SystemExit) as exit_info:
+        generalization.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--config: {bad}: data.organ_parts: true needs the organ-centred crop" in err
+    assert not work.exists()
